@@ -1,0 +1,248 @@
+"""`simpletvm`: tune, build, benchmark and export ONNX models with TVM MetaSchedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import render
+from .errors import UserInputError
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Inspect the SQLite tuning database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help=(
+    "Target: a name (llvm, cuda), a TVM tag, or a JSON dict."))]
+ShapeOpt = Annotated[list[str] | None, typer.Option(
+    "--input-shape", help="NAME=D1,D2,... for an input with dynamic dimensions (repeatable).")]
+
+
+def _shapes(items: list[str] | None):
+    from .model import parse_input_shapes
+
+    return parse_input_shapes(items)
+
+
+@app.command()
+def tune(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    target: TargetOpt = "llvm",
+    trials: Annotated[int, typer.Option(help="Total measured trials, over all tasks.")] = 64,
+    per_round: Annotated[int, typer.Option(help="Candidates per search round.")] = 16,
+    db: Annotated[Path | None, typer.Option(help="SQLite tuning database (shared).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Export the tuned module here (.so).")] = None,
+    input_shape: ShapeOpt = None,
+    reuse: Annotated[bool, typer.Option(help="Tune only tasks with no records yet.")] = False,
+    builder_workers: Annotated[int, typer.Option(help="Persistent build workers.")] = 1,
+    runner_timeout: Annotated[float, typer.Option(help="Seconds per measurement.")] = 30.0,
+    number: Annotated[int, typer.Option(help="Runs per measurement repeat.")] = 3,
+    repeat: Annotated[int, typer.Option(help="Measurement repeats.")] = 1,
+    min_repeat_ms: Annotated[int, typer.Option(help="Minimum ms per repeat.")] = 100,
+    cost_model: Annotated[str, typer.Option(help="xgb or random.")] = "xgb",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    search_threads: Annotated[int, typer.Option(help="Threads for the search.")] = 1,
+    population: Annotated[int, typer.Option(help="Evolutionary search population.")] = 512,
+    json_out: JsonOpt = False,
+) -> None:
+    """Tune MODEL stage by stage, then print untuned / tuned / onnxruntime latencies."""
+
+    def body() -> None:
+        from .engine import TuningJob, TuningOptions
+        from .paths import default_db
+
+        opts = TuningOptions(trials=trials, per_round=per_round, builder_workers=builder_workers,
+                             runner_timeout=runner_timeout, number=number, repeat=repeat,
+                             min_repeat_ms=min_repeat_ms, cost_model=cost_model, seed=seed,
+                             reuse=reuse, search_threads=search_threads,
+                             population_size=population,
+                             init_min_unmeasured=min(50, population))
+        job = TuningJob.from_model(model, target=target, options=opts,
+                                   db_path=db or default_db(), output=output,
+                                   input_shapes=_shapes(input_shape))
+        if json_out:
+            job.run_all()
+        else:
+            with render.tuning_progress() as progress:
+                bar = progress.add_task(job.name, total=max(trials, 1), best="-",
+                                        stage="prepare", task_name="")
+
+                def on_stage(outcome, job_) -> None:
+                    nxt = job_.next_stage()
+                    progress.update(bar, completed=outcome.trials_done,
+                                    best=render.fmt_ms(outcome.best_latency_ms),
+                                    stage=nxt.kind.value if nxt else "done",
+                                    task_name=(nxt.info.get("task") or "") if nxt else "")
+
+                job.run_all(on_stage)
+        result = job.result()
+        if json_out:
+            render.print_json(result)
+            return
+        served = result["served_from_db"]
+        if served["records"]:
+            render.console.print(f"Served from the database: {served['records']} records "
+                                 f"for {served['tasks']} of {result['tasks']} tasks.")
+        render.console.print(render.result_table(result))
+        render.console.print(render.stage_table(result["stage_seconds"]))
+        if result["artifact"]:
+            render.console.print(f"Exported: {result['artifact']}")
+
+    render.run_cli(body)
+
+
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Argument(help="ONNX model, or a module exported by tune.")],
+    target: TargetOpt = "llvm",
+    input_shape: ShapeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Benchmark an exported module, or an ONNX model built untuned."""
+
+    def body() -> None:
+        from . import bench as bench_mod
+        from .api import SimpleTVM
+        from .model import InputSpec, random_inputs
+
+        if model.suffix in (".so", ".dylib", ".dll"):
+            from .compile import load_exported
+
+            if not model.exists():
+                raise UserInputError(f"module '{model}' does not exist; check the path")
+            lib, meta = load_exported(model)
+            inputs = [InputSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in meta["inputs"]]
+            stats = bench_mod.bench_tvm(lib, meta["device_type"], random_inputs(inputs))
+            kind = "exported"
+        else:
+            pipeline = SimpleTVM.load(model, input_shapes=_shapes(input_shape)).target(target)
+            stats = pipeline.benchmark().latency
+            kind = "untuned"
+        out = {"model": str(model), "kind": kind, **stats.as_dict()}
+        if json_out:
+            render.print_json(out)
+        else:
+            render.console.print(render.rows_table(f"{model.name} ({kind})", [out],
+                                                   ["median_ms", "mean_ms", "std_ms", "min_ms",
+                                                    "samples"]))
+
+    render.run_cli(body)
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    target: TargetOpt = "llvm",
+    input_shape: ShapeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the model's inputs and tuning tasks, with shapes and FLOPs."""
+
+    def body() -> None:
+        from .tasks_info import inspect_model
+
+        info = inspect_model(model, target=target, input_shapes=_shapes(input_shape))
+        if json_out:
+            render.print_json(info)
+            return
+        render.console.print(render.rows_table("inputs", info["inputs"],
+                                               ["name", "shape", "dtype"]))
+        render.console.print(render.rows_table(f"{len(info['tasks'])} tuning tasks",
+                                               info["tasks"],
+                                               ["task", "weight", "flops", "buffers"]))
+
+    render.run_cli(body)
+
+
+@app.command()
+def compare(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    db: Annotated[Path, typer.Option(help="Tuning database to build from.")],
+    target: TargetOpt = "llvm",
+    input_shape: ShapeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build MODEL from the database alone and compare with untuned TVM and onnxruntime."""
+
+    def body() -> None:
+        from .engine import TuningJob, TuningOptions
+
+        if not db.exists():
+            raise UserInputError(f"tuning database '{db}' does not exist; "
+                                 "tune first with `simpletvm tune --db`")
+        job = TuningJob.from_model(model, target=target, options=TuningOptions(trials=0),
+                                   db_path=db, input_shapes=_shapes(input_shape))
+        result = job.run_all().result()
+        if json_out:
+            render.print_json(result)
+        else:
+            render.console.print(render.result_table(result))
+
+    render.run_cli(body)
+
+
+@app.command()
+def sample(
+    name: Annotated[str | None, typer.Argument(help="Sample model name.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write it.")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the sample models.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for the weights.")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a deterministic sample ONNX model (generated, never downloaded)."""
+
+    def body() -> None:
+        from .samples import SAMPLES, UnknownSampleError, write_sample
+
+        if list_ or name is None:
+            rows = [{"name": s.name, "input": s.input_name, "shape": list(s.input_shape),
+                     "description": s.description} for s in SAMPLES.values()]
+            if json_out:
+                render.print_json({"samples": rows})
+            else:
+                render.console.print(render.rows_table("sample models", rows,
+                                                       ["name", "input", "shape", "description"]))
+            return
+        from .compile import check_writable
+
+        path = check_writable(output or Path(f"{name}.onnx"), "output")
+        try:
+            write_sample(name, path, seed=seed)
+        except UnknownSampleError as exc:
+            raise UserInputError(str(exc)) from None
+        if json_out:
+            render.print_json({"name": name, "path": str(path)})
+        else:
+            render.console.print(f"Wrote {path}")
+
+    render.run_cli(body)
+
+
+@db_app.command("stats")
+def db_stats(
+    db: Annotated[Path, typer.Option(help="Tuning database.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Workloads, record counts and best latencies in a tuning database."""
+
+    def body() -> None:
+        from .database import database_stats
+
+        rows = database_stats(db)
+        if json_out:
+            render.print_json({"db": str(db), "workloads": rows})
+        else:
+            render.console.print(render.rows_table(f"{db}", rows,
+                                                   ["workload", "task", "target", "records",
+                                                    "best_ms"]))
+
+    render.run_cli(body)
+
+
+def main() -> None:
+    app()

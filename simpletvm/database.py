@@ -1,0 +1,288 @@
+"""A MetaSchedule ``Database`` stored in one SQLite file, shared by many processes.
+
+Workloads are keyed by their structural hash (checked with structural equality), and
+records by workload and target, so one file can serve several targets and several jobs
+at once. Every write is a short ``BEGIN IMMEDIATE`` transaction in WAL mode, so
+concurrent writers queue on the busy timeout instead of failing. Each record also
+carries the tag of the job that measured it: a restarted job counts its own records to
+resume its budget from what the database holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import tvm
+import tvm_ffi
+from tvm.ir import IRModule
+from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
+from tvm.ir.utils import derived_object
+
+from .errors import UserInputError
+
+FAILED_RUN_SECS = 1e10  # what MetaSchedule stores for a candidate that failed
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS workloads (
+        id INTEGER PRIMARY KEY,
+        shash TEXT NOT NULL,
+        mod_json TEXT NOT NULL,
+        task_name TEXT,
+        created REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS workloads_shash ON workloads(shash)",
+    """CREATE TABLE IF NOT EXISTS records (
+        id INTEGER PRIMARY KEY,
+        workload_id INTEGER NOT NULL REFERENCES workloads(id),
+        target TEXT NOT NULL,
+        record_json TEXT NOT NULL,
+        mean_secs REAL NOT NULL,
+        job_tag TEXT,
+        created REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS records_lookup ON records(workload_id, target, mean_secs)",
+    "CREATE INDEX IF NOT EXISTS records_tag ON records(job_tag)",
+]
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open (creating 0600 if new) the tuning database with WAL and a busy timeout."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        for stmt in _SCHEMA:
+            conn.execute(stmt)
+        conn.execute("COMMIT")
+    except (OSError, sqlite3.Error) as exc:
+        raise UserInputError(f"cannot open tuning database '{path}': {exc}; "
+                             "choose a writable path with --db") from None
+    return conn
+
+
+def _mean(run_secs) -> float:
+    values = [float(v) for v in run_secs] if run_secs else []
+    return sum(values) / len(values) if values else FAILED_RUN_SECS
+
+
+@derived_object
+class SQLiteDatabase(PyDatabase):
+    """See the module docstring. ``target_key`` restricts reads to one target."""
+
+    def __init__(self, path: str | Path, *, target_key: str | None = None,
+                 job_tag: str | None = None) -> None:
+        super().__init__()
+        self.path = str(path)
+        self.target_key = target_key
+        self.job_tag = job_tag
+        self._pid = -1
+        self._conn: sqlite3.Connection | None = None
+        # shash -> [(IRModule, Workload, id)]: avoids re-parsing workloads on every query
+        self._workloads: dict[str, list[tuple[IRModule, Workload, int]]] = {}
+        self._ids: dict[int, Workload] = {}
+        self.conn()
+
+    # -- connection, tied to the pid so a forked child never reuses its parent's
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            self._conn = connect(self.path)
+            self._pid = os.getpid()
+        return self._conn
+
+    # -- workloads
+    def _lookup(self, mod: IRModule) -> tuple[Workload, int] | None:
+        shash = str(tvm_ffi.structural_hash(mod))
+        for cached_mod, workload, wid in self._workloads.get(shash, []):
+            if tvm_ffi.structural_equal(cached_mod, mod):
+                return workload, wid
+        rows = self.conn().execute(
+            "SELECT id, mod_json FROM workloads WHERE shash = ?", (shash,)).fetchall()
+        known = {wid for _, _, wid in self._workloads.get(shash, [])}
+        for wid, mod_json in rows:
+            if wid in known:
+                continue
+            stored = tvm.ir.load_json(mod_json)
+            workload = Workload(stored)
+            self._workloads.setdefault(shash, []).append((stored, workload, wid))
+            self._ids[wid] = workload
+            if tvm_ffi.structural_equal(stored, mod):
+                return workload, wid
+        return None
+
+    def has_workload(self, mod: IRModule) -> bool:
+        return self._lookup(mod) is not None
+
+    def commit_workload(self, mod: IRModule) -> Workload:
+        found = self._lookup(mod)
+        if found is not None:
+            return found[0]
+        shash = str(tvm_ffi.structural_hash(mod))
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # another process may have committed it since our read
+            for wid, mod_json in conn.execute(
+                    "SELECT id, mod_json FROM workloads WHERE shash = ?", (shash,)).fetchall():
+                if tvm_ffi.structural_equal(tvm.ir.load_json(mod_json), mod):
+                    conn.execute("COMMIT")
+                    return self._remember(shash, mod, wid)
+            cur = conn.execute(
+                "INSERT INTO workloads (shash, mod_json, created) VALUES (?, ?, ?)",
+                (shash, tvm.ir.save_json(mod), time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return self._remember(shash, mod, cur.lastrowid)
+
+    def _remember(self, shash: str, mod: IRModule, wid: int) -> Workload:
+        workload = Workload(mod)
+        self._workloads.setdefault(shash, []).append((mod, workload, wid))
+        self._ids[wid] = workload
+        return workload
+
+    def _workload_id(self, workload: Workload) -> int:
+        found = self._lookup(workload.mod)
+        if found is None:
+            self.commit_workload(workload.mod)
+            found = self._lookup(workload.mod)
+        return found[1]
+
+    # -- records
+    def commit_tuning_record(self, record: TuningRecord) -> None:
+        wid = self._workload_id(record.workload)
+        target_key = (json.dumps(json.loads(str(record.target)), sort_keys=True,
+                                 separators=(",", ":"))
+                      if record.target is not None else (self.target_key or ""))
+        if self.target_key is not None and record.target is not None:
+            target_key = self.target_key
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO records (workload_id, target, record_json, mean_secs, job_tag, "
+                "created) VALUES (?, ?, ?, ?, ?, ?)",
+                (wid, target_key, json.dumps(record.as_json()), _mean(record.run_secs),
+                 self.job_tag, time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _records(self, sql_tail: str, params: tuple) -> list[TuningRecord]:
+        sql = "SELECT workload_id, record_json FROM records " + sql_tail
+        out = []
+        for wid, record_json in self.conn().execute(sql, params).fetchall():
+            workload = self._ids.get(wid) or self._load_workload(wid)
+            out.append(TuningRecord.from_json(json.loads(record_json), workload))
+        return out
+
+    def _load_workload(self, wid: int) -> Workload:
+        (mod_json,) = self.conn().execute(
+            "SELECT mod_json FROM workloads WHERE id = ?", (wid,)).fetchone()
+        mod = tvm.ir.load_json(mod_json)
+        return self._remember(str(tvm_ffi.structural_hash(mod)), mod, wid)
+
+    def get_top_k(self, workload: Workload, top_k: int) -> list[TuningRecord]:
+        found = self._lookup(workload.mod)
+        if found is None or top_k <= 0:
+            return []
+        if self.target_key is None:
+            return self._records("WHERE workload_id = ? AND mean_secs < ? "
+                                 "ORDER BY mean_secs LIMIT ?",
+                                 (found[1], FAILED_RUN_SECS, int(top_k)))
+        return self._records("WHERE workload_id = ? AND target = ? AND mean_secs < ? "
+                             "ORDER BY mean_secs LIMIT ?",
+                             (found[1], self.target_key, FAILED_RUN_SECS, int(top_k)))
+
+    def get_all_tuning_records(self) -> list[TuningRecord]:
+        if self.target_key is None:
+            return self._records("ORDER BY id", ())
+        return self._records("WHERE target = ? ORDER BY id", (self.target_key,))
+
+    def query_tuning_record(self, mod: IRModule, target, workload_name: str):
+        found = self._lookup(mod)
+        if found is None:
+            return None
+        records = self.get_top_k(found[0], 1)
+        return records[0] if records else None
+
+    def query_schedule(self, mod: IRModule, target, workload_name: str):
+        record = self.query_tuning_record(mod, target, workload_name)
+        if record is None:
+            return None
+        from tvm.s_tir.schedule import Schedule
+
+        sch = Schedule(record.workload.mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        return sch
+
+    def query_ir_module(self, mod: IRModule, target, workload_name: str):
+        sch = self.query_schedule(mod, target, workload_name)
+        return sch.mod if sch is not None else None
+
+    def __len__(self) -> int:
+        if self.target_key is None:
+            return self.conn().execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        return self.conn().execute("SELECT COUNT(*) FROM records WHERE target = ?",
+                                   (self.target_key,)).fetchone()[0]
+
+    # -- helpers for the engine and `simpletvm db stats`, not part of MetaSchedule's API
+    def count_records(self, mod: IRModule, *, job_tag: str | None = None) -> int:
+        found = self._lookup(mod)
+        if found is None:
+            return 0
+        sql = "SELECT COUNT(*) FROM records WHERE workload_id = ?"
+        params: tuple = (found[1],)
+        if self.target_key is not None:
+            sql += " AND target = ?"
+            params += (self.target_key,)
+        if job_tag is not None:
+            sql += " AND job_tag = ?"
+            params += (job_tag,)
+        return self.conn().execute(sql, params).fetchone()[0]
+
+    def best_seconds(self, mod: IRModule) -> float | None:
+        records = self.get_top_k(Workload(mod), 1) if self.has_workload(mod) else []
+        return _mean(records[0].run_secs) if records else None
+
+    def name_workload(self, mod: IRModule, task_name: str) -> None:
+        """Remember a readable task name for `db stats` (first name wins)."""
+        found = self._lookup(mod)
+        if found is None:
+            return
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE workloads SET task_name = ? WHERE id = ? AND task_name IS NULL",
+                     (task_name, found[1]))
+        conn.execute("COMMIT")
+
+
+def database_stats(path: str | Path) -> list[dict]:
+    """Per workload and target: record count and best latency, for `simpletvm db stats`."""
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"tuning database '{path}' does not exist; "
+                             "pass the path given to `simpletvm tune --db`")
+    conn = connect(path)
+    rows = conn.execute(
+        "SELECT w.id, COALESCE(w.task_name, '?'), r.target, COUNT(r.id), "
+        "MIN(CASE WHEN r.mean_secs < ? THEN r.mean_secs END) "
+        "FROM workloads w LEFT JOIN records r ON r.workload_id = w.id "
+        "GROUP BY w.id, r.target ORDER BY w.id", (FAILED_RUN_SECS,)).fetchall()
+    conn.close()
+    out = []
+    for wid, name, target, count, best in rows:
+        kind = json.loads(target).get("kind", "?") if target else None
+        out.append({"workload": wid, "task": name, "target": kind, "target_config": target,
+                    "records": count, "best_ms": best * 1e3 if best is not None else None})
+    return out

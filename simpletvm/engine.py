@@ -1,0 +1,396 @@
+"""The stage-by-stage tuning engine: one model's MetaSchedule tuning as explicit stages.
+
+MetaSchedule's ``tune_relax`` runs search, build, measure and update inside one C++
+loop, so nobody outside can decide when the device is measured. ``TuningJob`` drives
+the same components (TuneContext, EvolutionarySearch, a builder, a runner, the cost
+model, the database) one stage per ``run_stage`` call, so a scheduler can interleave
+stages of many jobs. State between stages lives in memory; tuning records go to the
+SQLite database as soon as they are measured, which is what a restarted job resumes from.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import model as model_mod
+from .intrin import load_intrinsics, preload as _preload
+from .stages import CPU, DEVICE, StageKind, StageOutcome, StageRequest
+from .targets import TargetSpec, resolve_target
+from .taskalloc import GradientAllocator, TaskState
+
+__all__ = ["TuningOptions", "TuningJob", "preload"]
+
+
+def preload(target: str = "llvm") -> None:
+    """Import TVM and the target's intrinsics now, so forked children start warm."""
+    kind = target if not target.startswith("{") else resolve_target(target).kind
+    _preload(kind)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuningOptions:
+    trials: int = 64
+    per_round: int = 16
+    builder_workers: int = 1
+    builder_timeout: float = 30.0
+    builder_max_uses: int = 256
+    runner_timeout: float = 30.0
+    number: int = 3
+    repeat: int = 1
+    min_repeat_ms: int = 100
+    cost_model: str = "xgb"
+    seed: int = 0
+    reuse: bool = False
+    search_threads: int = 1
+    max_trials_per_task: int | None = None
+    # EvolutionarySearch: MetaSchedule's defaults; tests shrink them
+    population_size: int = 512
+    init_min_unmeasured: int = 50
+    genetic_num_iters: int = 4
+
+    def validate(self) -> TuningOptions:
+        from .errors import UserInputError
+
+        checks = [("trials", self.trials, 0), ("per_round", self.per_round, 1),
+                  ("builder_workers", self.builder_workers, 1), ("number", self.number, 1),
+                  ("repeat", self.repeat, 1), ("min_repeat_ms", self.min_repeat_ms, 0),
+                  ("search_threads", self.search_threads, 1)]
+        for name, value, low in checks:
+            if value < low:
+                raise UserInputError(f"{name.replace('_', '-')} must be >= {low}, got {value}")
+        for name in ("builder_timeout", "runner_timeout"):
+            if getattr(self, name) <= 0:
+                raise UserInputError(f"{name.replace('_', '-')} must be positive")
+        if self.cost_model not in ("xgb", "random"):
+            raise UserInputError(f"unknown cost model '{self.cost_model}'; use xgb or random")
+        return self
+
+
+@dataclass
+class _Round:
+    task: TaskState
+    candidates: list = field(default_factory=list)
+    builder_results: list = field(default_factory=list)
+    runner_results: list = field(default_factory=list)
+
+
+class TuningJob:
+    """One model's tuning. Drive it with ``next_stage()`` / ``run_stage()``."""
+
+    def __init__(self, onnx_model, inputs: list[model_mod.InputSpec], target: TargetSpec, *,
+                 options: TuningOptions, db_path: str | Path | None = None,
+                 output: str | Path | None = None, name: str = "model",
+                 job_tag: str | None = None, measure_baselines: bool = True) -> None:
+        self.onnx_model = onnx_model
+        self.inputs = inputs
+        self.target = target
+        self.options = options.validate()
+        self.db_path = str(db_path) if db_path else None
+        self.output = str(output) if output else None
+        self.name = name
+        self.job_tag = job_tag
+        self.measure_baselines = measure_baselines
+        self.stage_seconds: dict[str, float] = {}
+        self.convergence: list[dict[str, float]] = []
+        self.served: dict[str, int] = {"tasks": 0, "records": 0}
+        self._next: StageKind | None = StageKind.PREPARE
+        self._round: _Round | None = None
+        self._tasks: list[TaskState] = []
+        self._contexts: list[Any] = []
+        self._result: dict[str, Any] = {}
+        self._started = None
+        self._trials_resumed = 0
+
+    @classmethod
+    def from_model(cls, model_path: str | Path, *, target: str = "llvm",
+                   options: TuningOptions | None = None, db_path: str | Path | None = None,
+                   output: str | Path | None = None,
+                   input_shapes: dict[str, tuple[int, ...]] | None = None,
+                   job_tag: str | None = None, measure_baselines: bool = True) -> TuningJob:
+        """Validate everything cheap up front, so bad input fails before any stage runs."""
+        from .compile import check_writable
+        from .database import connect
+
+        onnx_model = model_mod.load_onnx(model_path)
+        inputs = model_mod.model_inputs(onnx_model, input_shapes)
+        model_mod.check_operators(onnx_model)
+        spec = resolve_target(target)
+        options = (options or TuningOptions()).validate()
+        if db_path:
+            check_writable(db_path, "tuning database")
+            connect(db_path).close()
+        if output:
+            check_writable(output, "output")
+        return cls(onnx_model, inputs, spec, options=options, db_path=db_path, output=output,
+                   name=Path(model_path).stem, job_tag=job_tag,
+                   measure_baselines=measure_baselines)
+
+    # ---- the stage contract
+    def next_stage(self) -> StageRequest | None:
+        if self._next is None:
+            return None
+        opts = self.options
+        needs = {
+            StageKind.PREPARE: {CPU: 1},
+            StageKind.SEARCH: {CPU: opts.search_threads},
+            StageKind.BUILD: {CPU: opts.builder_workers},
+            StageKind.MEASURE: {DEVICE: 1},
+            StageKind.UPDATE: {CPU: 1},
+            StageKind.FINALIZE: {CPU: 1, DEVICE: 1},
+        }[self._next]
+        info = {"target": self.target.kind}
+        if self._round is not None:
+            info.update(task=self._round.task.name, candidates=len(self._round.candidates))
+        return StageRequest(self._next, needs, info)
+
+    def run_stage(self, *, grant: dict[str, Any] | None = None) -> StageOutcome:
+        kind = self._next
+        if kind is None:
+            raise RuntimeError("the job is finished; there is no stage to run")
+        start = time.perf_counter()
+        self._started = self._started or time.time()
+        getattr(self, f"_{kind.value}")()
+        seconds = time.perf_counter() - start
+        self.stage_seconds[kind.value] = self.stage_seconds.get(kind.value, 0.0) + seconds
+        if self._result:
+            self._result["stage_seconds"] = dict(self.stage_seconds)
+        progress = self.progress()
+        return StageOutcome(kind, seconds, progress["trials_done"], progress["trials_total"],
+                            progress["best_latency_ms"],
+                            {"task": progress["current_task"]})
+
+    def run_all(self, on_stage=None) -> TuningJob:
+        """Run every stage back to back (what ``simpletvm tune`` does)."""
+        while self.next_stage() is not None:
+            outcome = self.run_stage()
+            if on_stage is not None:
+                on_stage(outcome, self)
+        return self
+
+    def progress(self) -> dict[str, Any]:
+        done = sum(t.trials_done for t in self._tasks)
+        estimate = self.estimated_latency_ms()
+        return {"trials_done": done, "trials_total": self.options.trials,
+                "best_latency_ms": self._result.get("tuned_ms", estimate),
+                "current_task": self._round.task.name if self._round else None,
+                "stage": self._next.value if self._next else "done"}
+
+    def result(self) -> dict[str, Any]:
+        return dict(self._result)
+
+    def estimated_latency_ms(self) -> float | None:
+        """Sum of weight x best kernel time over tasks measured so far (a lower bound)."""
+        known = [(t.weight, t.best) for t in self._tasks if t.best is not None and t.best < 1e9]
+        return sum(w * b for w, b in known) * 1e3 if known else None
+
+    @property
+    def tasks(self) -> list[TaskState]:
+        return list(self._tasks)
+
+    # ---- stages
+    def _prepare(self) -> None:
+        from tvm.s_tir import meta_schedule as ms
+
+        from .compile import prepare_module
+        from .database import SQLiteDatabase
+
+        load_intrinsics(self.target.kind)
+        target = self.target.tvm_target()
+        relax_mod = model_mod.to_relax(self.onnx_model, self.inputs)
+        self.relax_mod = prepare_module(relax_mod, self.target)
+        fused = model_mod.fuse_for_tuning(self.relax_mod, target)
+        extracted = ms.relax_integration.extract_tasks(fused, target)
+        self.database = (SQLiteDatabase(self.db_path, target_key=self.target.key,
+                                        job_tag=self.job_tag)
+                         if self.db_path else ms.database.MemoryDatabase())
+        opts = self.options
+        cap = opts.max_trials_per_task or opts.trials
+        for index, task in enumerate(extracted):
+            mod = task.dispatched[0]
+            state = TaskState(index, task.task_name, float(task.weight), max_trials=cap)
+            existing = self._count_existing(mod)
+            if existing:
+                self.served["tasks"] += 1
+                self.served["records"] += existing
+                if opts.reuse:
+                    state.terminated = True
+            if self.job_tag and self.db_path:
+                state.trials_done = self.database.count_records(mod, job_tag=self.job_tag)
+                self._trials_resumed += state.trials_done
+            best = self._best_seconds(mod)
+            if best is not None:
+                state.best_history.append(best)
+            self._tasks.append(state)
+            self._contexts.append((task, mod))
+        self.allocator = GradientAllocator(self._tasks, seed=opts.seed)
+        if opts.trials > 0 and any(t.active for t in self._tasks):
+            self._setup_tuning(ms, target)
+        self._advance_after_update()
+
+    def _count_existing(self, mod) -> int:
+        if not self.db_path:
+            return 0
+        return self.database.count_records(mod)
+
+    def _best_seconds(self, mod) -> float | None:
+        return self.database.best_seconds(mod) if self.db_path else None
+
+    def _setup_tuning(self, ms, target) -> None:
+        from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner
+
+        from .builder import PersistentBuilder
+
+        opts = self.options
+        if opts.cost_model == "xgb":
+            self.cost_model = ms.cost_model.XGBModel(num_tuning_cores=opts.search_threads)
+        else:
+            self.cost_model = ms.cost_model.RandomModel(seed=opts.seed)
+        contexts = []
+        for state, (task, mod) in zip(self._tasks, self._contexts):
+            if self.db_path:
+                self.database.commit_workload(mod)
+                self.database.name_workload(mod, task.task_name)
+            if not state.active:
+                contexts.append(None)
+                continue
+            strategy = ms.search_strategy.EvolutionarySearch(
+                population_size=opts.population_size,
+                init_min_unmeasured=min(opts.init_min_unmeasured, opts.population_size),
+                genetic_num_iters=opts.genetic_num_iters)
+            ctx = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
+                                 search_strategy=strategy, task_name=task.task_name,
+                                 num_threads=opts.search_threads,
+                                 rand_state=opts.seed * 1000 + state.index + 1)
+            spaces = ctx.generate_design_space()
+            ctx.search_strategy.pre_tuning(state.max_trials, opts.per_round, spaces,
+                                           self.database, self.cost_model)
+            self._warm_cost_model(ctx, mod)
+            contexts.append(ctx)
+        self._contexts = [(c, m) for c, (_, m) in zip(contexts, self._contexts)]
+        self.builder = PersistentBuilder(target_kind=self.target.kind,
+                                         max_workers=opts.builder_workers,
+                                         timeout_sec=opts.builder_timeout,
+                                         max_uses=opts.builder_max_uses)
+        self.builder.warm_up()
+        self.runner = LocalRunner(
+            timeout_sec=opts.runner_timeout,
+            evaluator_config=EvaluatorConfig(number=opts.number, repeat=opts.repeat,
+                                             min_repeat_ms=opts.min_repeat_ms,
+                                             enable_cpu_cache_flush=False))
+
+    def _warm_cost_model(self, ctx, mod) -> None:
+        """Train the cost model on records already in the database for this task."""
+        if not self.db_path or not self.database.has_workload(mod):
+            return
+        from tvm.s_tir.meta_schedule.database import Workload
+        from tvm.s_tir.meta_schedule.runner import RunnerResult
+
+        records = self.database.get_top_k(Workload(mod), 256)
+        if not records:
+            return
+        candidates = [r.as_measure_candidate() for r in records]
+        results = [RunnerResult(list(r.run_secs), None) for r in records]
+        self.cost_model.update(ctx, candidates, results)
+
+    def _budget_left(self) -> int:
+        return self.options.trials - sum(t.trials_done for t in self._tasks)
+
+    def _search(self) -> None:
+        task = self._round.task
+        ctx, _ = self._contexts[task.index]
+        candidates = ctx.search_strategy.generate_measure_candidates()
+        left = self._budget_left()
+        if not candidates:
+            task.terminated = True
+            ctx.search_strategy.post_tuning()
+            self._round = None
+            self._advance_after_update()
+            return
+        self._round.candidates = list(candidates)[:max(left, 0)]
+        self._next = StageKind.BUILD
+
+    def _build(self) -> None:
+        from tvm.s_tir.meta_schedule.builder import BuilderInput
+
+        ctx, _ = self._contexts[self._round.task.index]
+        inputs = [BuilderInput(c.sch.mod, ctx.target) for c in self._round.candidates]
+        self._round.builder_results = self.builder.build(inputs)
+        self._next = StageKind.MEASURE
+
+    def _measure(self) -> None:
+        from tvm.s_tir.meta_schedule.runner import RunnerInput, RunnerResult
+
+        ok = [(i, r) for i, r in enumerate(self._round.builder_results) if r.error_msg is None]
+        inputs = [RunnerInput(r.artifact_path, self.target.device_type,
+                              self._round.candidates[i].args_info) for i, r in ok]
+        futures = self.runner.run(inputs) if inputs else []
+        results = [RunnerResult(None, r.error_msg) for r in self._round.builder_results]
+        for (i, _), future in zip(ok, futures):
+            results[i] = future.result()
+        self._round.runner_results = results
+        self._next = StageKind.UPDATE
+
+    def _update(self) -> None:
+        from tvm.s_tir.meta_schedule.database import TuningRecord
+
+        from .database import FAILED_RUN_SECS
+
+        rnd = self._round
+        ctx, mod = self._contexts[rnd.task.index]
+        workload = self.database.commit_workload(mod)
+        best = rnd.task.best
+        for cand, res in zip(rnd.candidates, rnd.runner_results):
+            run_secs = list(res.run_secs) if res.run_secs is not None else [FAILED_RUN_SECS]
+            self.database.commit_tuning_record(TuningRecord(
+                cand.sch.trace, workload, run_secs, ctx.target, cand.args_info))
+            if res.run_secs is not None:
+                mean = sum(float(s) for s in res.run_secs) / len(res.run_secs)
+                best = mean if best is None else min(best, mean)
+        ctx.search_strategy.notify_runner_results(rnd.candidates, rnd.runner_results)
+        self.cost_model.update(ctx, rnd.candidates, rnd.runner_results)
+        for res in rnd.builder_results:
+            if res.artifact_path:
+                shutil.rmtree(os.path.dirname(res.artifact_path), ignore_errors=True)
+        rnd.task.trials_done += len(rnd.candidates)
+        rnd.task.rounds += 1
+        rnd.task.best_history.append(best if best is not None else FAILED_RUN_SECS)
+        self.convergence.append({"trials": sum(t.trials_done for t in self._tasks),
+                                 "seconds": time.time() - self._started,
+                                 "best_ms": self.estimated_latency_ms()})
+        self._round = None
+        self._advance_after_update()
+
+    def _advance_after_update(self) -> None:
+        if self._budget_left() > 0 and self.options.trials > 0:
+            task = self.allocator.next_task()
+            if task is not None and self._contexts[task.index][0] is not None:
+                self._round = _Round(task)
+                self._next = StageKind.SEARCH
+                return
+        self._next = StageKind.FINALIZE
+
+    def _finalize(self) -> None:
+        from .finalize import finalize_job
+
+        self._shutdown_workers()
+        self._result = finalize_job(self)
+        self._next = None
+
+    def _shutdown_workers(self) -> None:
+        builder = getattr(self, "builder", None)
+        if builder is not None:
+            builder.shutdown()
+        runner = getattr(self, "runner", None)
+        if runner is not None:
+            runner.pool.shutdown(wait=False)
+
+    def close(self) -> None:
+        self._shutdown_workers()
+
+    def with_options(self, **changes) -> TuningOptions:
+        return replace(self.options, **changes)

@@ -1,0 +1,166 @@
+"""Loading ONNX models safely, and turning them into Relax modules and tuning tasks.
+
+Every way a model file can be wrong is checked here, before TVM sees it, so the user
+gets one line naming the problem instead of a frontend traceback. Nothing in a model
+file is executed: ONNX is data, and custom-op domains are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import ModelError, UserInputError
+
+_ONNX_TO_NUMPY = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64",
+                  9: "bool", 10: "float16", 11: "float64"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def parse_input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """Parse ``NAME=D1,D2,...`` (repeatable) into a dict; raise on malformed text."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items or []:
+        match = re.fullmatch(r"\s*([^=\s]+)\s*=\s*(\d+(?:\s*[,x]\s*\d+)*)\s*", item)
+        if not match:
+            raise UserInputError(f"malformed input shape '{item}'; write NAME=D1,D2,... "
+                                 "with positive integers, e.g. input=1,3,224,224")
+        dims = tuple(int(d) for d in re.split(r"\s*[,x]\s*", match.group(2)))
+        if any(d <= 0 for d in dims):
+            raise UserInputError(f"input shape '{item}' has a zero dimension; "
+                                 "every dimension must be a positive integer")
+        shapes[match.group(1)] = dims
+    return shapes
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file '{path}' does not exist; check the path, or write a "
+                         "sample with `simpletvm sample cnn -o cnn.onnx`")
+    if path.is_dir():
+        raise ModelError(f"'{path}' is a directory, not an ONNX model file")
+    data = path.read_bytes()
+    if not data:
+        raise ModelError(f"model file '{path}' is empty; export the model to ONNX again")
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:  # noqa: BLE001 - protobuf raises several decode errors
+        raise ModelError(f"'{path}' is not a valid ONNX model (it could not be parsed; it may "
+                         "be truncated or another format); export it to ONNX again") from None
+    if not model.graph.node or not model.graph.output:
+        raise ModelError(f"'{path}' is not a valid ONNX model (its graph is empty); "
+                         "export it to ONNX again")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "check failed"
+        raise ModelError(f"'{path}' is not a valid ONNX model: {first}") from None
+    return model
+
+
+def model_inputs(model: onnx.ModelProto,
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> list[InputSpec]:
+    """The graph's real inputs with concrete shapes; a dynamic dim needs a given shape."""
+    shapes = dict(shapes or {})
+    initializers = {init.name for init in model.graph.initializer}
+    specs = []
+    for inp in model.graph.input:
+        if inp.name in initializers:
+            continue
+        tensor = inp.type.tensor_type
+        dtype = _ONNX_TO_NUMPY.get(tensor.elem_type)
+        if dtype is None:
+            raise ModelError(f"input '{inp.name}' has an unsupported element type "
+                             f"({tensor.elem_type}); only numeric tensors are supported")
+        if inp.name in shapes:
+            shape = shapes.pop(inp.name)
+        else:
+            dims = []
+            for dim in tensor.shape.dim:
+                if dim.HasField("dim_value") and dim.dim_value > 0:
+                    dims.append(dim.dim_value)
+                else:
+                    label = dim.dim_param or "?"
+                    raise ModelError(
+                        f"input '{inp.name}' has a dynamic dimension '{label}'; give its shape "
+                        f"with --input-shape {inp.name}=D1,D2,...")
+            shape = tuple(dims)
+        specs.append(InputSpec(inp.name, tuple(shape), dtype))
+    if shapes:
+        names = ", ".join(s.name for s in specs) or "none"
+        raise UserInputError(f"--input-shape names unknown input(s) {', '.join(shapes)}; "
+                             f"the model's inputs are: {names}")
+    return specs
+
+
+def check_operators(model: onnx.ModelProto) -> None:
+    """Refuse operators the Relax ONNX frontend cannot convert, naming them."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    supported = _get_convert_map()
+    unknown = sorted({node.op_type for node in model.graph.node
+                      if node.domain not in ("", "ai.onnx") or node.op_type not in supported})
+    if unknown:
+        raise ModelError(f"unsupported operator(s): {', '.join(unknown)}; TVM's ONNX frontend "
+                         "cannot convert them (replace them, or export with another opset)")
+
+
+def to_relax(model: onnx.ModelProto, inputs: list[InputSpec]):
+    """Import into Relax with weights folded in as constants."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        return from_onnx(model, shape_dict={i.name: list(i.shape) for i in inputs},
+                         dtype_dict={i.name: i.dtype for i in inputs},
+                         keep_params_in_input=False)
+    except Exception as exc:  # noqa: BLE001 - the frontend raises many kinds
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"TVM could not import the model: {first[:300]}") from None
+
+
+def fuse_for_tuning(mod, target):
+    """The same preparation as ``compile_relax``, so database keys match at build time."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline as relax_pipeline
+
+    try:
+        dispatch = relax_pipeline.library_dispatch_passes(target)
+    except (ValueError, AttributeError):
+        dispatch = []
+    seq = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        *dispatch,
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ])
+    with target, tvm.transform.PassContext(opt_level=3):
+        return seq(mod)
+
+
+def random_inputs(inputs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in inputs:
+        if spec.dtype.startswith("float"):
+            out[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
+        elif spec.dtype == "bool":
+            out[spec.name] = rng.integers(0, 2, spec.shape).astype(bool)
+        else:
+            out[spec.name] = rng.integers(0, 8, spec.shape).astype(spec.dtype)
+    return out

@@ -1,0 +1,42 @@
+"""Shared fixtures: sample models on disk and search settings small enough for tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from simpletvm.samples import write_sample
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(models_dir):
+    return write_sample("tiny", models_dir / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def cnn_model(models_dir):
+    return write_sample("cnn", models_dir / "cnn.onnx")
+
+
+@pytest.fixture
+def fast_options():
+    """Shrunk EvolutionarySearch (DESIGN.md: 0.6 s per round instead of 20 s)."""
+    from simpletvm.engine import TuningOptions
+
+    def make(**overrides):
+        base = dict(trials=8, per_round=4, population_size=32, init_min_unmeasured=8,
+                    genetic_num_iters=1, number=1, repeat=1, min_repeat_ms=0, seed=1)
+        base.update(overrides)
+        return TuningOptions(**base)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _private_state(tmp_path, monkeypatch):
+    """Keep logs and default databases out of the user's home."""
+    monkeypatch.setenv("SIMPLETVM_HOME", str(tmp_path / "state"))
