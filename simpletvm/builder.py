@@ -14,8 +14,8 @@ import os
 import shutil
 import tempfile
 
-from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
 from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
 
@@ -36,7 +36,8 @@ def _build_one(mod, target, artifact_dir: str) -> str:
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     rt_mod = tvm_build(mod, target=target)
     out_dir = tempfile.mkdtemp(prefix="cand-", dir=artifact_dir)
-    path = os.path.join(out_dir, "candidate.so")
+    # a unique file name: an RPC server loads uploads by name, and dlopen caches by path
+    path = os.path.join(out_dir, os.path.basename(out_dir) + ".so")
     rt_mod.export_library(path)
     return path
 

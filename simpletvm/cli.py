@@ -189,7 +189,8 @@ def compare(
 @app.command()
 def sample(
     name: Annotated[str | None, typer.Argument(help="Sample model name.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write it.")] = None,
+    output: Annotated[Path | None,
+                      typer.Option("--output", "-o", help="Where to write it.")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the sample models.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for the weights.")] = 0,
     json_out: JsonOpt = False,

@@ -19,8 +19,8 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 from tvm.ir import IRModule
-from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
 from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
 
 from .errors import UserInputError
 

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from . import model as model_mod
-from .intrin import load_intrinsics, preload as _preload
+from .intrin import load_intrinsics
+from .intrin import preload as _preload
+from .remote import DeviceUnavailable, RemoteDevice, make_rpc_runner
 from .stages import CPU, DEVICE, StageKind, StageOutcome, StageRequest
 from .targets import TargetSpec, resolve_target
 from .taskalloc import GradientAllocator, TaskState
 
-__all__ = ["TuningOptions", "TuningJob", "preload"]
+__all__ = ["TuningOptions", "TuningJob", "DeviceUnavailable", "preload"]
 
 
 def preload(target: str = "llvm") -> None:
@@ -154,6 +156,7 @@ class TuningJob:
             raise RuntimeError("the job is finished; there is no stage to run")
         start = time.perf_counter()
         self._started = self._started or time.time()
+        self._grant = grant or {}
         getattr(self, f"_{kind.value}")()
         seconds = time.perf_counter() - start
         self.stage_seconds[kind.value] = self.stage_seconds.get(kind.value, 0.0) + seconds
@@ -328,12 +331,34 @@ class TuningJob:
         ok = [(i, r) for i, r in enumerate(self._round.builder_results) if r.error_msg is None]
         inputs = [RunnerInput(r.artifact_path, self.target.device_type,
                               self._round.candidates[i].args_info) for i, r in ok]
-        futures = self.runner.run(inputs) if inputs else []
+        remote = self._remote_device()
+        runner = self._rpc_runner(remote) if remote else self.runner
+        futures = runner.run(inputs) if inputs else []
         results = [RunnerResult(None, r.error_msg) for r in self._round.builder_results]
         for (i, _), future in zip(ok, futures):
             results[i] = future.result()
+        if remote and inputs and all(results[i].run_secs is None for i, _ in ok):
+            reason = remote.probe()
+            if reason is not None:
+                # leave the job at this measure stage: the scheduler re-grants elsewhere
+                raise DeviceUnavailable(remote.label, reason)
         self._round.runner_results = results
         self._next = StageKind.UPDATE
+
+    def _remote_device(self) -> RemoteDevice | None:
+        rpc_grant = self._grant.get("rpc") if self._grant else None
+        return RemoteDevice.from_grant(rpc_grant) if rpc_grant else None
+
+    def _rpc_runner(self, device: RemoteDevice):
+        from tvm.s_tir.meta_schedule.runner import EvaluatorConfig
+
+        runners = self.__dict__.setdefault("_rpc_runners", {})
+        if device not in runners:
+            opts = self.options
+            runners[device] = make_rpc_runner(device, EvaluatorConfig(
+                number=opts.number, repeat=opts.repeat, min_repeat_ms=opts.min_repeat_ms,
+                enable_cpu_cache_flush=False))
+        return runners[device]
 
     def _update(self) -> None:
         from tvm.s_tir.meta_schedule.database import TuningRecord
@@ -385,9 +410,10 @@ class TuningJob:
         builder = getattr(self, "builder", None)
         if builder is not None:
             builder.shutdown()
-        runner = getattr(self, "runner", None)
-        if runner is not None:
-            runner.pool.shutdown(wait=False)
+        runners = [getattr(self, "runner", None), *self.__dict__.get("_rpc_runners", {}).values()]
+        for runner in runners:
+            if runner is not None:
+                runner.pool.shutdown(wait=False)
 
     def close(self) -> None:
         self._shutdown_workers()

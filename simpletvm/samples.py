@@ -149,7 +149,8 @@ def _tiny(rng: np.random.Generator) -> onnx.ModelProto:
 SAMPLES: dict[str, SampleSpec] = {
     s.name: s
     for s in [
-        SampleSpec("cnn", "small CNN: 3 conv+relu, global pool, dense", "input", (1, 3, 64, 64), _cnn),
+        SampleSpec("cnn", "small CNN: 3 conv+relu, global pool, dense", "input",
+                   (1, 3, 64, 64), _cnn),
         SampleSpec("resnet", "ResNet-style: stem, 3 residual blocks, pool, dense", "input",
                    (1, 3, 32, 32), _resnet),
         SampleSpec("mlp", "MLP: 256-512-256-10 with relu", "input", (1, 256), _mlp),

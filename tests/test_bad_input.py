@@ -10,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from simpletvm.cli import app
-from simpletvm.model import parse_input_shapes
 from simpletvm.errors import UserInputError
+from simpletvm.model import parse_input_shapes
 
 runner = CliRunner()
 
@@ -32,9 +32,13 @@ def assert_one_line_error(code, stderr, *fragments):
 
 
 def _model_with(node, inputs, opset_imports=None, inits=()):
-    graph = helper.make_graph([node], "g", inputs,
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-                              initializer=list(inits))
+    graph = helper.make_graph(
+        [node],
+        "g",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=list(inits),
+    )
     model = helper.make_model(graph, opset_imports=opset_imports or [helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -68,8 +72,11 @@ def test_non_onnx_file(tmp_path):
 
 def test_unsupported_operator(tmp_path):
     node = helper.make_node("FancyOp", ["x"], ["y"], domain="com.example")
-    model = _model_with(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                        [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    model = _model_with(
+        node,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
+    )
     path = tmp_path / "custom.onnx"
     path.write_bytes(model.SerializeToString())
     code, _, err = run_cli("tune", path)
@@ -79,8 +86,9 @@ def test_unsupported_operator(tmp_path):
 def test_dynamic_dimension_without_shape(tmp_path):
     w = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), "w")
     node = helper.make_node("MatMul", ["x", "w"], ["y"])
-    model = _model_with(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                        inits=[w])
+    model = _model_with(
+        node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])], inits=[w]
+    )
     path = tmp_path / "dyn.onnx"
     path.write_bytes(model.SerializeToString())
     code, _, err = run_cli("inspect", path)
@@ -147,8 +155,9 @@ def test_database_is_a_directory(tmp_path, cnn_model):
 def test_console_script_exit_status(tmp_path):
     """The installed entry point, in a real process: exit 2 and no traceback."""
     exe = os.path.join(os.path.dirname(sys.executable), "simpletvm")
-    proc = subprocess.run([exe, "tune", str(tmp_path / "missing.onnx")], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [exe, "tune", str(tmp_path / "missing.onnx")], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("Error:")

@@ -13,8 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_stages_run_one_at_a_time_and_announce_resources(tiny_model, tmp_path, fast_options):
-    job = TuningJob.from_model(tiny_model, options=fast_options(), db_path=tmp_path / "t.db",
-                               output=tmp_path / "tiny.so")
+    job = TuningJob.from_model(
+        tiny_model, options=fast_options(), db_path=tmp_path / "t.db", output=tmp_path / "tiny.so"
+    )
     kinds = []
     while (request := job.next_stage()) is not None:
         if request.kind == StageKind.MEASURE:
@@ -39,8 +40,9 @@ def test_stages_run_one_at_a_time_and_announce_resources(tiny_model, tmp_path, f
 
 
 def test_tuned_module_matches_onnxruntime(tiny_model, tmp_path, fast_options):
-    job = TuningJob.from_model(tiny_model, options=fast_options(), db_path=tmp_path / "t.db",
-                               measure_baselines=False)
+    job = TuningJob.from_model(
+        tiny_model, options=fast_options(), db_path=tmp_path / "t.db", measure_baselines=False
+    )
     job.run_all()
     feeds = random_inputs(job.inputs, seed=3)
     ours = run_tvm_once(job.executable, "cpu", feeds)
@@ -51,31 +53,36 @@ def test_tuned_module_matches_onnxruntime(tiny_model, tmp_path, fast_options):
 
 def test_records_shared_reuse_and_zero_trials(tiny_model, tmp_path, fast_options):
     db = tmp_path / "shared.db"
-    first = TuningJob.from_model(tiny_model, options=fast_options(), db_path=db,
-                                 measure_baselines=False).run_all()
+    first = TuningJob.from_model(
+        tiny_model, options=fast_options(), db_path=db, measure_baselines=False
+    ).run_all()
     assert first.served == {"tasks": 0, "records": 0}
     # the second job warm-starts: it sees the records of the first
-    second = TuningJob.from_model(tiny_model, options=fast_options(reuse=True), db_path=db,
-                                  measure_baselines=False).run_all()
+    second = TuningJob.from_model(
+        tiny_model, options=fast_options(reuse=True), db_path=db, measure_baselines=False
+    ).run_all()
     assert second.served["records"] == 8
     assert second.served["tasks"] >= 1
     assert second.result()["trials"] == 0  # --reuse: every task already has records
     # --trials 0 builds from the database alone
-    zero = TuningJob.from_model(tiny_model, options=fast_options(trials=0), db_path=db,
-                                measure_baselines=False).run_all()
+    zero = TuningJob.from_model(
+        tiny_model, options=fast_options(trials=0), db_path=db, measure_baselines=False
+    ).run_all()
     assert zero.result()["trials"] == 0
     assert zero.stage_seconds.keys() == {"prepare", "finalize"}
 
 
 def test_restarted_job_resumes_its_budget(tiny_model, tmp_path, fast_options):
     db = tmp_path / "resume.db"
-    job = TuningJob.from_model(tiny_model, options=fast_options(), db_path=db, job_tag="job-7",
-                               measure_baselines=False)
+    job = TuningJob.from_model(
+        tiny_model, options=fast_options(), db_path=db, job_tag="job-7", measure_baselines=False
+    )
     for _ in range(5):  # prepare + one full round, then the process "dies"
         job.run_stage()
     job.close()
-    again = TuningJob.from_model(tiny_model, options=fast_options(), db_path=db,
-                                 job_tag="job-7", measure_baselines=False)
+    again = TuningJob.from_model(
+        tiny_model, options=fast_options(), db_path=db, job_tag="job-7", measure_baselines=False
+    )
     again.run_stage()  # prepare counts this job's records
     assert again.progress()["trials_done"] == 4
     again.run_all()
@@ -83,6 +90,10 @@ def test_restarted_job_resumes_its_budget(tiny_model, tmp_path, fast_options):
 
 
 def test_random_cost_model(tiny_model, tmp_path, fast_options):
-    job = TuningJob.from_model(tiny_model, options=fast_options(cost_model="random", trials=4),
-                               db_path=tmp_path / "r.db", measure_baselines=False).run_all()
+    job = TuningJob.from_model(
+        tiny_model,
+        options=fast_options(cost_model="random", trials=4),
+        db_path=tmp_path / "r.db",
+        measure_baselines=False,
+    ).run_all()
     assert job.result()["trials"] == 4

@@ -27,14 +27,17 @@ def test_tag_is_accepted():
     assert resolve_target(tag).kind == "llvm"
 
 
-@pytest.mark.parametrize("bad, match", [
-    ("foo", "unknown target 'foo'"),
-    ("llvm -mcpu=skylake", "old CLI-string form"),
-    ("{not json", "malformed"),
-    ('{"mcpu": "x"}', "'kind' key"),
-    ("nvidia/no-such-gpu", "unknown target tag"),
-    ("", "empty target"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("foo", "unknown target 'foo'"),
+        ("llvm -mcpu=skylake", "old CLI-string form"),
+        ("{not json", "malformed"),
+        ('{"mcpu": "x"}', "'kind' key"),
+        ("nvidia/no-such-gpu", "unknown target tag"),
+        ("", "empty target"),
+    ],
+)
 def test_bad_targets(bad, match):
     with pytest.raises(TargetError, match=match):
         resolve_target(bad)

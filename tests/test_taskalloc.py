@@ -36,8 +36,13 @@ def test_finished_tasks_are_skipped():
     assert GradientAllocator(tasks).next_task() is None
 
 
-@given(st.lists(st.tuples(st.floats(0.1, 10), st.lists(st.floats(1e-6, 1.0), min_size=1,
-                                                        max_size=6)), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.tuples(st.floats(0.1, 10), st.lists(st.floats(1e-6, 1.0), min_size=1, max_size=6)),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_always_picks_an_active_task(specs):
     tasks = []
     for i, (weight, hist) in enumerate(specs):

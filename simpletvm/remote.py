@@ -1,0 +1,85 @@
+"""Measuring on a remote device through TVM's RPC (tracker + servers).
+
+The scheduler, not the tracker's first-come queue, decides which server measures a
+batch. A grant names either a server address (``"server": "host:port"``), reached with
+``rpc.connect``, or a tracker and a key that only one server registers under
+(``"tracker": "host:port", "key": "..."``). Measurement itself is MetaSchedule's
+``RPCRunner``; we only choose how its session is created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class DeviceUnavailable(RuntimeError):
+    """The granted remote device did not answer; the stage did not run and can move."""
+
+    def __init__(self, device: str, reason: str) -> None:
+        super().__init__(f"remote device {device} is unavailable: {reason}")
+        self.device = device
+        self.reason = reason
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+@dataclass(frozen=True)
+class RemoteDevice:
+    server: str | None = None
+    tracker: str | None = None
+    key: str | None = None
+    session_timeout: float = 30.0
+
+    @classmethod
+    def from_grant(cls, grant: dict[str, Any]) -> RemoteDevice:
+        return cls(server=grant.get("server"), tracker=grant.get("tracker"),
+                   key=grant.get("key"), session_timeout=float(grant.get("timeout", 30.0)))
+
+    @property
+    def label(self) -> str:
+        return self.server or f"{self.tracker}/{self.key}"
+
+    def rpc_config(self):
+        from tvm.s_tir.meta_schedule.runner import RPCConfig
+
+        host, port = _split(self.server or self.tracker)
+        return RPCConfig(tracker_host=host, tracker_port=port,
+                         tracker_key=self.key or "direct",
+                         session_timeout_sec=int(self.session_timeout))
+
+    def probe(self, timeout: float = 5.0) -> str | None:
+        """None if a session can be opened now, else the reason it cannot."""
+        from tvm import rpc
+
+        try:
+            if self.server:
+                host, port = _split(self.server)
+                rpc.connect(host, port, session_timeout=timeout)
+            else:
+                host, port = _split(self.tracker)
+                tracker = rpc.connect_tracker(host, port)
+                tracker.request(self.key, priority=1, session_timeout=timeout, max_retry=1)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
+            return str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else repr(exc)
+        return None
+
+
+def _create_session(rpc_config):
+    """Runs in the runner's worker: a direct connect, or the tracker for one key."""
+    from tvm import rpc
+
+    if rpc_config.tracker_key == "direct":
+        return rpc.connect(rpc_config.tracker_host, rpc_config.tracker_port,
+                           session_timeout=rpc_config.session_timeout_sec)
+    return rpc_config.connect_server()
+
+
+def make_rpc_runner(device: RemoteDevice, evaluator_config):
+    from tvm.s_tir.meta_schedule.runner import RPCRunner
+
+    return RPCRunner(rpc_config=device.rpc_config(), evaluator_config=evaluator_config,
+                     f_create_session=_create_session)
