@@ -50,6 +50,13 @@ class TuningOptions:
     reuse: bool = False
     search_threads: int = 1
     max_trials_per_task: int | None = None
+    # SLA-driven jobs: stop as soon as the whole model meets sla_ms (measured by an
+    # evaluate stage every evaluate_every rounds), or when the budget or deadline ends
+    sla_ms: float | None = None
+    deadline_seconds: float | None = None
+    evaluate_every: int = 2
+    # tune only these task indices (a sub-job of a model split at the task level)
+    only_tasks: tuple[int, ...] | None = None
     # EvolutionarySearch: MetaSchedule's defaults; tests shrink them
     population_size: int = 512
     init_min_unmeasured: int = 50
@@ -65,6 +72,12 @@ class TuningOptions:
         for name, value, low in checks:
             if value < low:
                 raise UserInputError(f"{name.replace('_', '-')} must be >= {low}, got {value}")
+        if self.sla_ms is not None and self.sla_ms <= 0:
+            raise UserInputError(f"sla-ms must be positive, got {self.sla_ms}")
+        if self.deadline_seconds is not None and self.deadline_seconds <= 0:
+            raise UserInputError("deadline must be positive")
+        if self.evaluate_every < 1:
+            raise UserInputError("evaluate-every must be >= 1")
         for name in ("builder_timeout", "runner_timeout"):
             if getattr(self, name) <= 0:
                 raise UserInputError(f"{name.replace('_', '-')} must be positive")
@@ -107,6 +120,9 @@ class TuningJob:
         self._result: dict[str, Any] = {}
         self._started = None
         self._trials_resumed = 0
+        self._rounds_since_evaluate = 0
+        self._stop_reason: str | None = None
+        self.sla_history: list[dict[str, float]] = []
 
     @classmethod
     def from_model(cls, model_path: str | Path, *, target: str = "llvm",
@@ -143,6 +159,7 @@ class TuningJob:
             StageKind.BUILD: {CPU: opts.builder_workers},
             StageKind.MEASURE: {DEVICE: 1},
             StageKind.UPDATE: {CPU: 1},
+            StageKind.EVALUATE: {CPU: 1, DEVICE: 1},
             StageKind.FINALIZE: {CPU: 1, DEVICE: 1},
         }[self._next]
         info = {"target": self.target.kind}
@@ -181,7 +198,10 @@ class TuningJob:
         return {"trials_done": done, "trials_total": self.options.trials,
                 "best_latency_ms": self._result.get("tuned_ms", estimate),
                 "current_task": self._round.task.name if self._round else None,
-                "stage": self._next.value if self._next else "done"}
+                "stage": self._next.value if self._next else "done",
+                "sla_ms": self.options.sla_ms,
+                "model_ms": self.sla_history[-1]["latency_ms"] if self.sla_history else None,
+                "trend": [round(h["latency_ms"], 4) for h in self.sla_history[-5:]]}
 
     def result(self) -> dict[str, Any]:
         return dict(self._result)
@@ -213,9 +233,18 @@ class TuningJob:
                          if self.db_path else ms.database.MemoryDatabase())
         opts = self.options
         cap = opts.max_trials_per_task or opts.trials
+        from tvm.s_tir.analysis import estimate_tir_flops
+
         for index, task in enumerate(extracted):
             mod = task.dispatched[0]
-            state = TaskState(index, task.task_name, float(task.weight), max_trials=cap)
+            try:
+                flops = float(estimate_tir_flops(mod))
+            except Exception:  # noqa: BLE001 - some functions have no countable loops
+                flops = 0.0
+            state = TaskState(index, task.task_name, float(task.weight), max_trials=cap,
+                              flops=flops)
+            if opts.only_tasks is not None and index not in opts.only_tasks:
+                state.terminated = True
             existing = self._count_existing(mod)
             if existing:
                 self.served["tasks"] += 1
@@ -233,6 +262,9 @@ class TuningJob:
         self.allocator = GradientAllocator(self._tasks, seed=opts.seed)
         if opts.trials > 0 and any(t.active for t in self._tasks):
             self._setup_tuning(ms, target)
+        if opts.sla_ms is not None:
+            self._next = StageKind.EVALUATE  # the database may already meet the SLA
+            return
         self._advance_after_update()
 
     def _count_existing(self, mod) -> int:
@@ -383,6 +415,7 @@ class TuningJob:
                 shutil.rmtree(os.path.dirname(res.artifact_path), ignore_errors=True)
         rnd.task.trials_done += len(rnd.candidates)
         rnd.task.rounds += 1
+        self._rounds_since_evaluate += 1
         rnd.task.best_history.append(best if best is not None else FAILED_RUN_SECS)
         self.convergence.append({"trials": sum(t.trials_done for t in self._tasks),
                                  "seconds": time.time() - self._started,
@@ -390,13 +423,49 @@ class TuningJob:
         self._round = None
         self._advance_after_update()
 
-    def _advance_after_update(self) -> None:
-        if self._budget_left() > 0 and self.options.trials > 0:
+    def _evaluate(self) -> None:
+        """Build the whole model from the database and measure it against the SLA."""
+        from . import bench
+        from .compile import compile_tuned
+        from .model import random_inputs
+
+        executable = compile_tuned(self.relax_mod, self.target, self.database)
+        stats = bench.bench_tvm(executable, self.target.device_type,
+                                random_inputs(self.inputs, seed=self.options.seed), repeat=10)
+        self.sla_history.append({"trials": sum(t.trials_done for t in self._tasks),
+                                 "seconds": time.time() - self._started,
+                                 "latency_ms": stats.median_ms})
+        if stats.median_ms <= self.options.sla_ms:
+            self._stop_reason = "sla met"
+            self._next = StageKind.FINALIZE
+            return
+        self._advance_after_update(evaluated=True)
+
+    def _deadline_passed(self) -> bool:
+        deadline = self.options.deadline_seconds
+        return deadline is not None and time.time() - self._started >= deadline
+
+    def _advance_after_update(self, *, evaluated: bool = False) -> None:
+        sla = self.options.sla_ms is not None
+        if sla and not evaluated and self._rounds_since_evaluate >= self.options.evaluate_every:
+            self._rounds_since_evaluate = 0
+            self._next = StageKind.EVALUATE
+            return
+        if self._deadline_passed():
+            self._stop_reason = "deadline"
+        elif self._budget_left() > 0 and self.options.trials > 0:
             task = self.allocator.next_task()
             if task is not None and self._contexts[task.index][0] is not None:
                 self._round = _Round(task)
                 self._next = StageKind.SEARCH
                 return
+            self._stop_reason = self._stop_reason or "search space exhausted"
+        else:
+            self._stop_reason = self._stop_reason or "budget"
+        if sla and not evaluated and self._rounds_since_evaluate > 0:
+            self._rounds_since_evaluate = 0
+            self._next = StageKind.EVALUATE  # measure the last rounds before stopping
+            return
         self._next = StageKind.FINALIZE
 
     def _finalize(self) -> None:

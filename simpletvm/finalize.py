@@ -32,7 +32,16 @@ def finalize_job(job: TuningJob) -> dict[str, Any]:
                                       threads=job.target.config.get("num-cores"))
     trials = sum(t.trials_done for t in job.tasks)
     tuning_seconds = sum(v for k, v in job.stage_seconds.items() if k != "finalize")
+    sla = job.options.sla_ms
+    sla_info = {}
+    if sla is not None:
+        measured = [h["latency_ms"] for h in job.sla_history] + [tuned.median_ms]
+        best = min(measured)
+        sla_info = {"sla_ms": sla, "sla_met": best <= sla, "best_ms": best,
+                    "gap_ms": max(0.0, best - sla), "stop_reason": job._stop_reason,
+                    "sla_history": list(job.sla_history)}
     return {
+        **sla_info,
         "model": job.name,
         "target": job.target.kind,
         "artifact": artifact,

@@ -19,6 +19,8 @@ class StageKind(str, Enum):
     BUILD = "build"
     MEASURE = "measure"
     UPDATE = "update"
+    # build the whole model from the database and measure it (SLA jobs)
+    EVALUATE = "evaluate"
     FINALIZE = "finalize"
 
 

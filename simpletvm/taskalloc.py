@@ -18,6 +18,7 @@ class TaskState:
     name: str
     weight: float
     max_trials: int
+    flops: float = 0.0
     trials_done: int = 0
     rounds: int = 0
     terminated: bool = False
@@ -44,10 +45,11 @@ class GradientAllocator:
         active = [t for t in self.tasks if t.active]
         if not active:
             return None
-        # round-robin until each active task has had one round
+        # round-robin until each active task has had one round, heaviest work first
+        # (weight x FLOPs), so a small budget goes where the model's time is
         fresh = [t for t in active if t.rounds == 0]
         if fresh:
-            return fresh[0]
+            return max(fresh, key=lambda t: (t.weight * t.flops, -t.index))
         best_grad, chosen = -1.0, []
         for task in active:
             grad = self._gradient(task)

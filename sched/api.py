@@ -1,0 +1,247 @@
+"""A small Python API over the scheduler, for scripts and for ``superb``.
+
+Every function takes the registry path first; the daemon runs as a separate process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .analysis import makespan as _makespan
+from .analysis import resource_intervals
+from .analysis import utilisation as _utilisation
+from .jobs import mock_spec, tvm_spec
+from .models import JobKind, JobState
+from .paths import ensure_private_dir, log_file, pid_file, resolve_db
+from .pidfile import running_pid
+from .registry import Registry
+from .resources import detect
+from .strategies import get_strategy
+
+_LAUNCHER = (
+    "import subprocess, sys\n"
+    "import os\n"
+    "log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)\n"
+    "p = subprocess.Popen(sys.argv[2:], start_new_session=True, stdin=subprocess.DEVNULL,"
+    " stdout=log, stderr=subprocess.STDOUT)\n"
+    "print(p.pid)\n"
+)
+
+
+class DaemonError(RuntimeError):
+    """The daemon could not be started, reached or stopped (the message says why)."""
+
+
+def daemon_pid(db_path: str | os.PathLike[str] | None) -> int | None:
+    return running_pid(pid_file(resolve_db(db_path)))
+
+
+def daemon_args(
+    db: Path,
+    *,
+    strategy: str | None,
+    resources: dict[str, int] | list[str] | None,
+    extra: list[str] | None = None,
+) -> list[str]:
+    args = [sys.executable, "-m", f"{__package__}.daemon", "--db", str(db)]
+    if strategy is not None:
+        args += ["--strategy", get_strategy(strategy).name]
+    if resources:
+        items = (
+            [f"{k}={v}" for k, v in resources.items()] if isinstance(resources, dict) else resources
+        )
+        detect(items)  # validate before starting anything
+        for item in items:
+            args += ["--resource", item]
+    return args + (extra or [])
+
+
+def start_daemon(
+    db_path: str | os.PathLike[str] | None,
+    *,
+    strategy: str | None = "interleaved",
+    resources: dict[str, int] | list[str] | None = None,
+    extra: list[str] | None = None,
+    ready_timeout: float = 60.0,
+) -> int:
+    """Start a background daemon (its own session, not our child) and wait until it serves."""
+    db = resolve_db(db_path)
+    ensure_private_dir(db.parent)
+    pid = daemon_pid(db)
+    if pid is not None:
+        raise DaemonError(f"a daemon already runs for {db} (pid {pid}); stop it with sched stop")
+    env = dict(os.environ)
+    args = daemon_args(db, strategy=strategy, resources=resources, extra=extra)
+    launched = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, str(log_file(db)), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    pid = int(launched.stdout.strip())
+    registry = Registry(db)
+    deadline = time.monotonic() + ready_timeout
+    try:
+        while time.monotonic() < deadline:
+            if registry.get_setting("daemon_pid") == str(pid) and daemon_pid(db) == pid:
+                return pid
+            if not _pid_alive(pid):
+                raise DaemonError(f"the daemon exited at start-up; see {log_file(db)}")
+            time.sleep(0.02)
+    finally:
+        registry.close()
+    raise DaemonError(
+        f"the daemon did not become ready in {ready_timeout:.0f} s; see {log_file(db)}"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_daemon(db_path: str | os.PathLike[str] | None, *, timeout: float = 30) -> None:
+    """Ask the daemon to stop (running stages finish first) and wait until it has."""
+    db = resolve_db(db_path)
+    pid = daemon_pid(db)
+    if pid is None:
+        raise DaemonError(f"no sched daemon runs for {db}; start one with: sched start --db {db}")
+    if pid > 0:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while daemon_pid(db) is not None:
+        if time.monotonic() > deadline:
+            raise DaemonError(f"the daemon (pid {pid}) did not stop within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def submit(
+    db_path: str | os.PathLike[str] | None,
+    *,
+    mock: str | None = None,
+    model: str | None = None,
+    target: str = "llvm",
+    trials: int = 64,
+    per_round: int = 16,
+    seed: int = 0,
+    name: str | None = None,
+    priority: int = 0,
+    output: str | None = None,
+    tuning_db: str | None = None,
+) -> int:
+    """Queue a job (works while the daemon is down: the job waits); returns its id."""
+    if (mock is None) == (model is None):
+        raise ValueError("give exactly one of a MODEL path or --mock SPEC")
+    if mock is not None:
+        spec, device_kind = mock_spec(mock)
+        kind = JobKind.MOCK
+    else:
+        spec, device_kind = tvm_spec(
+            model,
+            target=target,
+            trials=trials,
+            per_round=per_round,
+            seed=seed,
+            output=output,
+            tuning_db=tuning_db,
+        )
+        kind = JobKind.TVM
+    registry = Registry(resolve_db(db_path))
+    try:
+        return registry.submit(
+            kind.value, spec, name=name, priority=priority, device_kind=device_kind
+        )
+    finally:
+        registry.close()
+
+
+def wait(
+    db_path: str | os.PathLike[str] | None,
+    job_ids: list[int] | int,
+    *,
+    timeout: float | None = None,
+    poll: float = 0.2,
+) -> dict[int, str]:
+    """Block until every job is done, failed or cancelled; returns their final states."""
+    ids = [job_ids] if isinstance(job_ids, int) else list(job_ids)
+    registry = Registry(resolve_db(db_path))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            states = registry.job_states(ids)
+            missing = set(ids) - set(states)
+            if missing:
+                raise KeyError(f"no such job: {', '.join(map(str, sorted(missing)))}")
+            if all(s.terminal for s in states.values()):
+                return {i: states[i].value for i in ids}
+            if deadline is not None and time.monotonic() > deadline:
+                waiting = sorted(i for i, s in states.items() if not s.terminal)
+                raise TimeoutError(f"jobs still unfinished after {timeout} s: {waiting}")
+            time.sleep(poll)
+    finally:
+        registry.close()
+
+
+def _with_registry(db_path: str | os.PathLike[str] | None, fn: Any) -> Any:
+    registry = Registry(resolve_db(db_path))
+    try:
+        return fn(registry)
+    finally:
+        registry.close()
+
+
+def _plain_job(job: dict[str, Any]) -> dict[str, Any]:
+    return {**job, "state": JobState(job["state"]).value}
+
+
+def jobs(db_path: str | os.PathLike[str] | None, *, include_finished: bool = True) -> list[dict]:
+    return _with_registry(
+        db_path, lambda r: [_plain_job(j) for j in r.list_jobs(include_finished=include_finished)]
+    )
+
+
+def job(db_path: str | os.PathLike[str] | None, job_id: int) -> dict[str, Any]:
+    found = _with_registry(db_path, lambda r: r.job(job_id))
+    if found is None:
+        raise KeyError(f"no such job: {job_id}")
+    return _plain_job(found)
+
+
+def cancel(db_path: str | os.PathLike[str] | None, job_id: int) -> str:
+    return _with_registry(db_path, lambda r: r.cancel(job_id).value)
+
+
+def set_strategy(db_path: str | os.PathLike[str] | None, name: str) -> str:
+    """Change the strategy; a running daemon applies it at its next pass."""
+    strategy = get_strategy(name)
+    _with_registry(db_path, lambda r: r.set_setting("strategy", strategy.name))
+    return strategy.name
+
+
+def events(db_path: str | os.PathLike[str] | None, *, job_id: int | None = None) -> list[dict]:
+    """Stage runs per resource: job_id, stage, resource, amount, start, end (epoch seconds)."""
+    return _with_registry(db_path, lambda r: resource_intervals(r.stage_intervals(job_id=job_id)))
+
+
+def utilisation(db_path: str | os.PathLike[str] | None) -> dict[str, dict]:
+    """Per resource busy and idle fractions of its capacity over the makespan."""
+    return _with_registry(
+        db_path, lambda r: _utilisation(resource_intervals(r.stage_intervals()), r.resources())
+    )
+
+
+def makespan(db_path: str | os.PathLike[str] | None) -> float:
+    """Seconds from the first stage start to the last stage end."""
+    return _makespan(events(db_path))

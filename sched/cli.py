@@ -1,0 +1,300 @@
+"""``sched``: a thin typer CLI over sched.api; each command calls one core function."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from typer.exceptions import TyperException
+
+from . import api, render, report
+from .paths import resolve_db
+from .registry import Registry
+
+app = typer.Typer(
+    help="A load-aware scheduler daemon for autotuning jobs on shared hardware.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+Db = Annotated[
+    str | None,
+    typer.Option(
+        "--db", help="Registry file (default: $SCHED_DB, else ~/.local/state/sched/sched.db)."
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+JobId = Annotated[int, typer.Argument(help="The job id (see sched jobs).")]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, no traceback."""
+    print(f"Error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    try:
+        yield
+    except (ValueError, KeyError) as exc:
+        fail(str(exc.args[0]) if exc.args else str(exc), 2)
+    except (api.DaemonError, TimeoutError) as exc:
+        fail(str(exc), 1)
+
+
+def emit(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _registry(db: str | None) -> Registry:
+    return Registry(resolve_db(db))
+
+
+@app.command()
+def start(
+    foreground: Annotated[bool, typer.Option(help="Run in this terminal until Ctrl-C.")] = False,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            help="sequential, synchronous, interleaved or predictive (default: the stored one, "
+            "else interleaved)."
+        ),
+    ] = None,
+    resource: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Override a detected resource: NAME=CAPACITY (cpu=8, gpu=2, cpu-device=1)."
+        ),
+    ] = None,
+    max_jobs: Annotated[int, typer.Option(help="Runner processes alive at once.")] = 64,
+    heartbeat_timeout: Annotated[
+        float, typer.Option(help="Seconds of heartbeat silence before a runner is killed.")
+    ] = 10.0,
+    db: Db = None,
+) -> None:
+    """Start the scheduler daemon (one per registry)."""
+    extra = ["--max-jobs", str(max_jobs), "--heartbeat-timeout", str(heartbeat_timeout)]
+    with errors():
+        if foreground:
+            from .daemon import main as daemon_main
+
+            args = api.daemon_args(
+                resolve_db(db), strategy=strategy, resources=resource, extra=extra
+            )[3:]
+            raise typer.Exit(daemon_main(args))
+        pid = api.start_daemon(db, strategy=strategy, resources=resource, extra=extra)
+    console.print(f"sched daemon started, pid {pid}, db {resolve_db(db)}")
+
+
+@app.command()
+def stop(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 60.0, db: Db = None
+) -> None:
+    """Stop the daemon gracefully: running stages finish, queued work resumes at the next start."""
+    with errors():
+        api.stop_daemon(db, timeout=timeout)
+    console.print("sched daemon stopped")
+
+
+@app.command()
+def status(
+    watch: Annotated[bool, typer.Option(help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+    as_json: Json = False,
+    db: Db = None,
+) -> None:
+    """Resources with holders and utilisation; jobs with stage, wait reason and progress."""
+    registry = _registry(db)
+    if as_json:
+        emit(report.status(registry))
+        return
+    if not watch:
+        console.print(render.status_view(report.status(registry)))
+        return
+    try:
+        with Live(render.status_view(report.status(registry)), console=console) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render.status_view(report.status(registry)))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("jobs")
+def list_jobs(
+    all_jobs: Annotated[bool, typer.Option("--all", help="Include finished jobs.")] = False,
+    as_json: Json = False,
+    db: Db = None,
+) -> None:
+    """List queued and running jobs (--all: every job)."""
+    found = [report.job_summary(j) for j in _registry(db).list_jobs(include_finished=all_jobs)]
+    if as_json:
+        emit(found)
+    else:
+        console.print(render.jobs_table(found))
+
+
+@app.command()
+def submit(
+    model: Annotated[str | None, typer.Argument(help="ONNX model to tune.")] = None,
+    mock: Annotated[
+        str | None,
+        typer.Option(
+            help="Submit a MockJob: rounds=R,search=S,build=B,measure=M,update=U "
+            "[,prepare=,finalize=,jitter=,cpu=burn|sleep,seed=,workers=,device=]"
+        ),
+    ] = None,
+    target: Annotated[str, typer.Option(help="TVM target, e.g. llvm or cuda.")] = "llvm",
+    trials: Annotated[int, typer.Option(help="Tuning trials (budget).")] = 64,
+    per_round: Annotated[int, typer.Option(help="Candidates measured per round.")] = 16,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    name: Annotated[str | None, typer.Option(help="A name shown in listings.")] = None,
+    output: Annotated[str | None, typer.Option(help="Where to export the tuned module.")] = None,
+    as_json: Json = False,
+    db: Db = None,
+) -> None:
+    """Queue a tuning job (or a mock one); works while the daemon is down."""
+    with errors():
+        job_id = api.submit(
+            db,
+            mock=mock,
+            model=model,
+            target=target,
+            trials=trials,
+            per_round=per_round,
+            seed=seed,
+            name=name,
+            priority=priority,
+            output=output,
+        )
+    if as_json:
+        emit({"id": job_id})
+        return
+    console.print(f"submitted job {job_id}")
+    if api.daemon_pid(db) is None:
+        console.print("no daemon runs yet: the job waits; start one with: sched start")
+
+
+@app.command()
+def cancel(job_id: JobId, db: Db = None) -> None:
+    """Cancel a job: queued ones at once, running ones as soon as the daemon sees it."""
+    with errors():
+        state = api.cancel(db, job_id)
+    console.print(f"job {job_id}: {'cancel requested' if state == 'running' else state}")
+
+
+@app.command()
+def logs(
+    job_id: JobId,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events until the job ends.")
+    ] = False,
+    as_json: Json = False,
+    db: Db = None,
+) -> None:
+    """The job's events (requests, grants, stage runs) and its runner's output."""
+    registry = _registry(db)
+    with errors():
+        if registry.job(job_id) is None:
+            raise KeyError(f"no such job: {job_id}")
+    events = registry.events(job_id=job_id)
+    if as_json:
+        emit({"events": events, "runner_log": report.runner_log(registry, job_id)})
+        return
+    console.print(render.events_table(events))
+    text = report.runner_log(registry, job_id)
+    if text:
+        console.print(text, markup=False, highlight=False)
+    last = events[-1]["id"] if events else 0
+    while follow and not registry.job(job_id)["state"].terminal:
+        time.sleep(0.5)
+        new = registry.events(job_id=job_id, after_id=last)
+        if new:
+            console.print(render.events_table(new))
+            last = new[-1]["id"]
+
+
+@app.command()
+def result(job_id: JobId, as_json: Json = False, db: Db = None) -> None:
+    """The exported artifact, its latency, and the untuned and onnxruntime comparison."""
+    with errors():
+        job = api.job(db, job_id)
+    if job["state"] != "done":
+        why = f": {job['error']}" if job["error"] else ""
+        fail(f"job {job_id} is {job['state']}{why}; results exist once it is done", 1)
+    if as_json:
+        emit(job["result"])
+    else:
+        console.print(render.result_table(job))
+
+
+@app.command()
+def timeline(
+    job: Annotated[int | None, typer.Option("--job", help="Only this job.")] = None,
+    output: Annotated[str | None, typer.Option(help="Write a Gantt chart (.png or .svg).")] = None,
+    as_json: Json = False,
+    db: Db = None,
+) -> None:
+    """Stages per resource and job over time, from the event log."""
+    rows = api.events(db, job_id=job)
+    if output:
+        from .timeline import draw
+
+        with errors():
+            path = draw(rows, output)
+        if not as_json:
+            console.print(f"wrote {path}")
+    if as_json:
+        emit(rows)
+    elif not output:
+        console.print(render.timeline_table(rows))
+
+
+@app.command()
+def strategy(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="sequential, synchronous, interleaved or predictive; omit to show."),
+    ] = None,
+    db: Db = None,
+) -> None:
+    """Show or change the strategy; a running daemon applies a change at its next pass."""
+    if name is None:
+        console.print(_registry(db).get_setting("strategy", "interleaved"))
+        return
+    with errors():
+        chosen = api.set_strategy(db, name)
+    running = api.daemon_pid(db) is not None
+    console.print(f"strategy {chosen}" + ("" if running else " (applies when a daemon starts)"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: usage errors become one ``Error:`` line and exit status 2."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="sched", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("Error: aborted", file=sys.stderr)
+        return 1
+    except TyperException as exc:  # usage errors: unknown option, bad value, missing argument
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"Error: {message} (see sched --help)", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2) or 2)
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""The scheduler daemon: forks runners, reaps them, reclaims leases and grants stages.
+
+Shaped like a huey worker: ``initialize()``, ``loop(now=None)`` (one pass; tests call
+it with an injected clock) and ``shutdown()``.  Signal handlers only set flags.  All
+state lives in the registry, so a daemon killed with SIGKILL and started again picks
+up where it was: live runners are adopted (pid plus start time), dead ones reaped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from . import runner
+from .dispatch import Dispatcher
+from .jobs import preload
+from .models import JobKind, Resource
+from .paths import log_file, pid_file, resolve_db, runner_log_dir
+from .pidfile import PidFile
+from .registry import Registry
+from .resources import detect
+from .strategies import get_strategy
+
+
+@dataclass
+class Runner:
+    job_id: int
+    attempt: int
+    pid: int
+    started: float
+    wake_fd: int | None = None  # our end of the runner's wake-up pipe (None when adopted)
+    child: bool = True
+
+
+@dataclass
+class DaemonConfig:
+    strategy: str | None = None  # None keeps the one stored in the registry
+    resources: list[Resource] | None = None
+    max_jobs: int = 64  # runners alive at once
+    retry_limit: int = 3
+    heartbeat: float = 1.0  # seconds between a runner's heartbeats
+    heartbeat_timeout: float = 10.0  # a lease silent this long gets its runner killed
+    stop_timeout: float = 30.0  # how long a graceful stop lets running stages finish
+    preload: list[str] = field(default_factory=list)
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class Daemon:
+    def __init__(self, db_path: str | Path, config: DaemonConfig | None = None) -> None:
+        self.db_path = Path(db_path)
+        self.config = config or DaemonConfig()
+        self.registry = Registry(self.db_path)
+        self.dispatcher = Dispatcher(self.registry)
+        self.pidfile = PidFile(pid_file(self.db_path))
+        self.runners: dict[int, Runner] = {}
+        self.stopping = False
+        self.stop_deadline: float | None = None
+        self._wake_r = self._wake_w = -1
+        self._preloaded: set[str] = set()
+        self._last_housekeeping = 0.0
+
+    # -- life cycle ------------------------------------------------------------------
+    def initialize(self, *, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if not self.pidfile.acquire():
+            raise AlreadyRunning(f"a daemon already runs for {self.db_path}")
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        if self.config.resources is not None:
+            self.registry.replace_resources(self.config.resources)
+        elif not self.registry.resources():
+            self.registry.replace_resources(detect())
+        if self.config.strategy is not None:
+            get_strategy(self.config.strategy)
+            self.registry.set_setting("strategy", self.config.strategy, now=now)
+        for target in self.config.preload:
+            self._preload(target)
+        self._recover(now)
+        self.registry.mark_daemon(os.getpid(), now=now)
+
+    def install_signals(self) -> None:
+        """Handlers only set a flag; the wake-up fd makes the main loop notice at once."""
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def _on_stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def run_forever(self) -> None:
+        while True:
+            try:
+                self.loop()
+            except Exception:  # an internal fault: log it, keep serving; state is in the db
+                traceback.print_exc()
+                sys.stderr.flush()
+                time.sleep(1.0)
+            if self.stopping and self._stop_finished():
+                break
+            self._wait(0.05 if self.stopping or self._adopted() else 0.5)
+        self.shutdown()
+
+    def _adopted(self) -> bool:
+        return any(not r.child for r in self.runners.values())
+
+    def _wait(self, timeout: float) -> None:
+        ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        if ready:
+            try:
+                while os.read(self._wake_r, 65536):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def loop(self, now: float | None = None) -> None:
+        """One pass: reap, kill silent runners, cancel, start runners, grant stages."""
+        given, now = now, time.time() if now is None else now
+        self._reap(now)
+        if now - self._last_housekeeping >= 0.25:
+            self._last_housekeeping = now
+            self._check_adopted(now)
+            self._kill_silent(now)
+            self._cancel_flagged(now)
+        if self.stopping:
+            if self.stop_deadline is None:
+                self.stop_deadline = now + self.config.stop_timeout
+            return
+        self._spawn(now)
+        for grant in self.dispatcher.dispatch(given):
+            found = self.runners.get(grant.job_id)
+            if found is not None and found.wake_fd is not None:
+                runner.notify(found.wake_fd)
+
+    def _stop_finished(self) -> bool:
+        busy = {lease.job_id for lease in self.registry.active_leases()}
+        deadline_passed = self.stop_deadline is not None and time.time() >= self.stop_deadline
+        return not busy or deadline_passed
+
+    def shutdown(self, *, now: float | None = None) -> None:
+        """Stop every runner; their jobs go back to the queue, to resume at the next start."""
+        for found in list(self.runners.values()):
+            self._kill(found)
+            self._gone(found, "daemon stopped", charge=False, now=now)
+        if self._wake_r >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+        self.registry.mark_daemon(None, now=now)
+        self.registry.close()
+        self.pidfile.release()
+
+    # -- runners ---------------------------------------------------------------------
+    def _recover(self, now: float) -> None:
+        """After a crash: adopt live runners of running jobs, requeue the others."""
+        for job in self.registry.running_jobs():
+            pid, started = job["runner_pid"], job["runner_started"]
+            found = Runner(job["id"], job["attempt"], pid or 0, started or 0.0, child=False)
+            if pid and _alive(pid, started):
+                self.runners[job["id"]] = found
+            else:
+                self._gone(found, "runner lost while the daemon was down", charge=False, now=now)
+
+    def _spawn(self, now: float) -> None:
+        limit = self.dispatcher.strategy.max_active_jobs(self.config.max_jobs)
+        room = limit - len(self.runners)
+        if room <= 0:
+            return
+        for job in self.registry.queued_jobs(room):
+            if job["kind"] == JobKind.TVM.value:
+                self._preload(job["spec"].get("target", "llvm"))
+            self._fork(job["id"], now)
+
+    def _preload(self, target: str) -> None:
+        if target in self._preloaded:
+            return
+        self._preloaded.add(target)
+        try:
+            preload(target)
+        except Exception:
+            traceback.print_exc()
+
+    def _fork(self, job_id: int, now: float) -> None:
+        attempt = self.registry.claim_job(job_id, now=now)
+        read_fd, write_fd = os.pipe()
+        # SQLite state must not cross fork (its per-inode lock bookkeeping would be
+        # inherited): close our connection; the next registry call reopens it.
+        self.registry.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the runner
+            code = runner.EXIT_FAILED
+            try:
+                os.close(write_fd)  # else we would never see EOF when the daemon dies
+                self._become_runner(read_fd, job_id)
+                code = runner.run(
+                    self.db_path,
+                    job_id,
+                    attempt,
+                    wake_fd=read_fd,
+                    notify_fd=self._wake_w,
+                    heartbeat=self.config.heartbeat,
+                )
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(read_fd)
+        os.set_blocking(write_fd, False)
+        try:
+            started = psutil.Process(pid).create_time()
+        except psutil.NoSuchProcess:
+            started = 0.0
+        self.runners[job_id] = Runner(job_id, attempt, pid, started, write_fd)
+        self.registry.set_runner(job_id, attempt, pid, started, now=now)
+
+    def _become_runner(self, read_fd: int, job_id: int) -> None:
+        """Drop what belongs to the daemon: its signals, lock, pipes and log."""
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        if self.pidfile.fd is not None:
+            os.close(self.pidfile.fd)  # the flock must die with the daemon, not its runners
+        os.close(self._wake_r)
+        for other in self.runners.values():
+            if other.wake_fd is not None:
+                os.close(other.wake_fd)
+        logs = runner_log_dir(self.db_path)
+        logs.mkdir(mode=0o700, exist_ok=True)
+        out = os.open(logs / f"job-{job_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+
+    def _reap(self, now: float) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            found = next((r for r in self.runners.values() if r.pid == pid), None)
+            if found is not None:
+                self._gone(found, _describe(status), now=now)
+
+    def _check_adopted(self, now: float) -> None:
+        for found in [r for r in self.runners.values() if not r.child]:
+            if not _alive(found.pid, found.started):
+                self._gone(found, "adopted runner exited", now=now)
+
+    def _gone(
+        self, found: Runner, reason: str, *, charge: bool = True, now: float | None = None
+    ) -> None:
+        self.runners.pop(found.job_id, None)
+        if found.wake_fd is not None:
+            os.close(found.wake_fd)
+        self.registry.runner_gone(
+            found.job_id,
+            found.attempt,
+            reason=reason,
+            charge=charge,
+            retry_limit=self.config.retry_limit,
+            now=now,
+        )
+
+    def _kill(self, found: Runner) -> None:
+        """SIGKILL a runner and wait until it is really gone (so its lease can be reused)."""
+        if not _alive(found.pid, found.started):
+            return
+        try:
+            os.kill(found.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        if found.child:
+            try:
+                os.waitpid(found.pid, 0)
+            except ChildProcessError:
+                pass
+            return
+        deadline = time.time() + 5
+        while _alive(found.pid, found.started) and time.time() < deadline:
+            time.sleep(0.01)
+
+    def _kill_silent(self, now: float) -> None:
+        for lease in self.registry.stale_leases(now - self.config.heartbeat_timeout):
+            found = self.runners.get(lease["job_id"])
+            if found is None:
+                found = Runner(
+                    lease["job_id"],
+                    lease["attempt"],
+                    lease["holder_pid"] or 0,
+                    lease["holder_started"] or 0.0,
+                    child=False,
+                )
+            self._kill(found)
+            self._gone(found, f"heartbeat stopped for {now - lease['heartbeat_at']:.1f} s", now=now)
+
+    def _cancel_flagged(self, now: float) -> None:
+        for job in self.registry.running_jobs():
+            if job["cancel_requested"] and job["id"] in self.runners:
+                found = self.runners[job["id"]]
+                self._kill(found)
+                self._gone(found, "cancelled", charge=False, now=now)
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    """Is this exact process (pid plus start time) still alive and not a zombie?"""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if started and abs(proc.create_time() - started) > 0.01:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"runner killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"runner exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Foreground entry point (``python -m sched.daemon``); ``sched start`` calls it."""
+    parser = argparse.ArgumentParser(prog="sched-daemon")
+    parser.add_argument("--db")
+    parser.add_argument("--strategy")
+    parser.add_argument("--resource", action="append", default=[])
+    parser.add_argument("--max-jobs", type=int, default=64)
+    parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument("--heartbeat-timeout", type=float, default=10.0)
+    parser.add_argument("--retry-limit", type=int, default=3)
+    parser.add_argument("--preload", action="append", default=[])
+    args = parser.parse_args(argv)
+    db = resolve_db(args.db)
+    config = DaemonConfig(
+        strategy=args.strategy,
+        resources=detect(args.resource) if args.resource else None,
+        max_jobs=args.max_jobs,
+        heartbeat=args.heartbeat,
+        heartbeat_timeout=args.heartbeat_timeout,
+        retry_limit=args.retry_limit,
+        preload=args.preload,
+    )
+    daemon = Daemon(db, config)
+    try:
+        daemon.initialize()
+    except AlreadyRunning as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    daemon.install_signals()
+    print(f"sched daemon {os.getpid()} serving {db} (log {log_file(db)})", flush=True)
+    daemon.run_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

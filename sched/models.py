@@ -1,0 +1,109 @@
+"""States, resource kinds and the plain records passed between registry, strategies and daemon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class RequestState(StrEnum):
+    PENDING = "pending"
+    GRANTED = "granted"
+    DONE = "done"
+    ABANDONED = "abandoned"
+
+
+class LeaseState(StrEnum):
+    ACTIVE = "active"
+    RELEASED = "released"
+    RECLAIMED = "reclaimed"
+
+
+class EventKind(StrEnum):
+    SUBMIT = "submit"
+    REQUEST = "request"
+    GRANT = "grant"
+    START = "start"
+    END = "end"
+    RELEASE = "release"
+    RECLAIM = "reclaim"
+    RUNNER_START = "runner_start"
+    RUNNER_EXIT = "runner_exit"
+    JOB_DONE = "job_done"
+    JOB_FAILED = "job_failed"
+    JOB_CANCELLED = "job_cancelled"
+    KILL = "kill"
+    DAEMON_START = "daemon_start"
+    DAEMON_STOP = "daemon_stop"
+    STRATEGY = "strategy"
+
+
+class ResourceKind(StrEnum):
+    CPU = "cpu"  # a pool of cpu slots, shared up to its capacity
+    GPU = "gpu"  # an exclusive accelerator
+    CPU_DEVICE = "cpu-device"  # the cores a CPU target is measured on, exclusive
+    DEVICE = "device"  # any other exclusive measurement device (e.g. an RPC key)
+
+
+class JobKind(StrEnum):
+    MOCK = "mock"
+    TVM = "tvm"
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str
+    kind: ResourceKind
+    capacity: int
+    exclusive: bool
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A stage request waiting for a grant, as a strategy sees it."""
+
+    request_id: int
+    job_id: int
+    kind: str
+    needs: dict[str, int]
+    requested_at: float
+    priority: int = 0
+    device_kind: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Held:
+    """An active lease: which job holds which concrete resources since when."""
+
+    epoch: int
+    job_id: int
+    kind: str
+    resources: dict[str, int]
+    granted_at: float
+    started_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Grant:
+    request_id: int
+    job_id: int
+    epoch: int
+    resources: dict[str, int]
+
+
+class Fenced(Exception):
+    """A runner acted with a stale epoch or attempt: it must stop at once."""

@@ -1,0 +1,20 @@
+"""The SQLite registry: jobs, resources, stage requests, leases and the event log.
+
+This package owns every SQL statement of ``sched``.  Rules it keeps:
+- WAL mode, a busy timeout, and ``BEGIN IMMEDIATE`` for every write, so a writer waits
+  for the lock up front instead of failing with "database is locked" on upgrade;
+- one connection per (process, thread), opened lazily, never reused across ``fork``;
+- transactions are short: a lease is a row, never an open transaction;
+- every runner write is fenced by its lease epoch or its job attempt (``Fenced``).
+"""
+
+from .base import BUSY_TIMEOUT_S, RegistryBase
+from .jobs import JobsMixin
+from .schema import MIGRATIONS
+from .stages import StagesMixin
+
+__all__ = ["BUSY_TIMEOUT_S", "MIGRATIONS", "Registry"]
+
+
+class Registry(JobsMixin, StagesMixin, RegistryBase):
+    """All persistent state of one scheduler, in one SQLite file."""

@@ -1,0 +1,174 @@
+"""Connections, transactions, migrations, settings and resources of the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..models import (
+    EventKind,
+    JobState,
+    Resource,
+    ResourceKind,
+)
+from ..paths import ensure_private_file
+from .schema import MIGRATIONS
+
+BUSY_TIMEOUT_S = 60.0
+_JOB_COLUMNS = (
+    "id, name, kind, spec, priority, device_kind, state, submitted_at, started_at, "
+    "finished_at, stage, wait_reason, progress, best_latency_ms, result, error, retries, "
+    "attempt, stages_done, runner_pid, runner_started, cancel_requested"
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _job_dict(row: sqlite3.Row) -> dict[str, Any]:
+    job = dict(row)
+    for key in ("spec", "progress", "result"):
+        job[key] = json.loads(job[key]) if job[key] else ({} if key != "result" else None)
+    job["state"] = JobState(job["state"])
+    job["cancel_requested"] = bool(job["cancel_requested"])
+    return job
+
+
+class RegistryBase:
+    """One SQLite file; a connection per process and thread, never reused across fork."""
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = BUSY_TIMEOUT_S) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self._local = threading.local()
+
+    # -- connection and transactions -------------------------------------------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This process's and thread's connection; a forked child never reuses its parent's."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid() or local.conn is None:
+            local.conn = self._connect()
+            local.pid = os.getpid()
+        return local.conn
+
+    def _connect(self) -> sqlite3.Connection:
+        ensure_private_file(self.path)
+        conn = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self._migrate(conn)
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.conn = None
+
+    @contextmanager
+    def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        conn = conn or self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS migrations "
+                "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            done = {r[0] for r in conn.execute("SELECT name FROM migrations")}
+            for index, (name, statements) in enumerate(MIGRATIONS):
+                if name in done:
+                    continue
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO migrations (id, name, applied_at) VALUES (?, ?, ?)",
+                    (index, name, time.time()),
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def migrations(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM migrations ORDER BY id")]
+
+    @staticmethod
+    def _event(
+        conn, now, kind: EventKind, job_id=None, stage=None, epoch=None, resources=None, detail=None
+    ) -> None:
+        conn.execute(
+            "INSERT INTO events (ts, kind, job_id, stage, epoch, resources, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                now,
+                kind.value,
+                job_id,
+                stage,
+                epoch,
+                _dumps(resources) if resources is not None else None,
+                _dumps(detail) if detail is not None else None,
+            ),
+        )
+
+    # -- settings and resources --------------------------------------------------------
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_setting(self, key: str, value: str, *, now: float | None = None) -> None:
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+            if key == "strategy":
+                self._event(conn, now, EventKind.STRATEGY, detail={"strategy": value})
+
+    def mark_daemon(self, pid: int | None, *, now: float | None = None) -> None:
+        """Record that a daemon started (pid) or stopped (None), in settings and the log."""
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES ('daemon_pid', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                ("" if pid is None else str(pid),),
+            )
+            kind = EventKind.DAEMON_STOP if pid is None else EventKind.DAEMON_START
+            self._event(conn, now, kind, detail={"pid": pid or os.getpid()})
+
+    def replace_resources(self, resources: list[Resource]) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM resources")
+            conn.executemany(
+                "INSERT INTO resources (name, kind, capacity, exclusive) VALUES (?, ?, ?, ?)",
+                [(r.name, r.kind.value, r.capacity, int(r.exclusive)) for r in resources],
+            )
+
+    def resources(self) -> dict[str, Resource]:
+        rows = self.conn.execute("SELECT name, kind, capacity, exclusive FROM resources")
+        return {r[0]: Resource(r[0], ResourceKind(r[1]), int(r[2]), bool(r[3])) for r in rows}

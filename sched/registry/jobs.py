@@ -1,0 +1,243 @@
+"""Job rows: submission, runner life-cycle, retries, cancellation."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+from ..models import (
+    EventKind,
+    Fenced,
+    JobState,
+    LeaseState,
+    RequestState,
+)
+from .base import _JOB_COLUMNS, RegistryBase, _dumps, _job_dict
+
+
+class JobsMixin(RegistryBase):
+    def submit(
+        self,
+        kind: str,
+        spec: dict[str, Any],
+        *,
+        name: str | None = None,
+        priority: int = 0,
+        device_kind: str | None = None,
+        now: float | None = None,
+    ) -> int:
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            job_id = conn.execute(
+                "INSERT INTO jobs (name, kind, spec, priority, device_kind, state, submitted_at,"
+                " wait_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    name,
+                    kind,
+                    _dumps(spec),
+                    priority,
+                    device_kind,
+                    JobState.QUEUED.value,
+                    now,
+                    "waiting for the daemon to start a runner",
+                ),
+            ).fetchone()[0]
+            self._event(conn, now, EventKind.SUBMIT, job_id, detail={"kind": kind})
+        return int(job_id)
+
+    def job(self, job_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        found = row.fetchone()
+        return _job_dict(found) if found else None
+
+    def list_jobs(self, *, include_finished: bool = True) -> list[dict[str, Any]]:
+        where = "" if include_finished else "WHERE state IN ('queued', 'running')"
+        rows = self.conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id")
+        return [_job_dict(r) for r in rows]
+
+    def job_states(self, job_ids: list[int]) -> dict[int, JobState]:
+        marks = ",".join("?" * len(job_ids))
+        rows = self.conn.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", job_ids)
+        return {int(r[0]): JobState(r[1]) for r in rows}
+
+    def cancel(self, job_id: int, *, now: float | None = None) -> JobState:
+        """Queued jobs are cancelled at once; a running one is flagged for the daemon."""
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no such job: {job_id}")
+            state = JobState(row[0])
+            if state is JobState.QUEUED:
+                conn.execute(
+                    "UPDATE jobs SET state = ?, finished_at = ?, wait_reason = NULL WHERE id = ?",
+                    (JobState.CANCELLED.value, now, job_id),
+                )
+                self._event(conn, now, EventKind.JOB_CANCELLED, job_id)
+                return JobState.CANCELLED
+            if state is JobState.RUNNING:
+                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            return state
+
+    def queued_jobs(self, limit: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'queued' "
+            "ORDER BY priority DESC, id LIMIT ?",
+            (limit,),
+        )
+        return [_job_dict(r) for r in rows]
+
+    def running_jobs(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id"
+        )
+        return [_job_dict(r) for r in rows]
+
+    def claim_job(self, job_id: int, *, now: float | None = None) -> int:
+        """Move a queued job to running before its runner is forked; returns the new attempt."""
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            row = conn.execute(
+                "UPDATE jobs SET state = 'running', attempt = attempt + 1, runner_pid = NULL,"
+                " runner_started = NULL, started_at = COALESCE(started_at, ?),"
+                " wait_reason = 'starting its runner' WHERE id = ? AND state = 'queued'"
+                " RETURNING attempt",
+                (now, job_id),
+            ).fetchone()
+            if row is None:
+                raise Fenced(f"job {job_id} is no longer queued")
+            return int(row[0])
+
+    def set_runner(
+        self, job_id: int, attempt: int, pid: int, started: float, *, now: float | None = None
+    ) -> None:
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            conn.execute(
+                "UPDATE jobs SET runner_pid = ?, runner_started = ? WHERE id = ? AND attempt = ?",
+                (pid, started, job_id, attempt),
+            )
+            self._event(
+                conn, now, EventKind.RUNNER_START, job_id, detail={"pid": pid, "attempt": attempt}
+            )
+
+    def runner_gone(
+        self,
+        job_id: int,
+        attempt: int,
+        *,
+        reason: str,
+        retry_limit: int,
+        charge: bool = True,
+        now: float | None = None,
+    ) -> JobState:
+        """Reclaim a dead runner's leases and requests, then requeue, cancel or fail its job."""
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            row = conn.execute(
+                "SELECT state, attempt, retries, cancel_requested FROM jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            self._reclaim(conn, job_id, reason, now)
+            self._event(conn, now, EventKind.RUNNER_EXIT, job_id, detail={"reason": reason})
+            state = JobState(row[0])
+            if state is not JobState.RUNNING or row[1] != attempt:
+                conn.execute(
+                    "UPDATE jobs SET runner_pid = NULL WHERE id = ? AND attempt = ?",
+                    (job_id, attempt),
+                )
+                return state
+            retries = row[2] + (1 if charge else 0)
+            if row[3]:
+                new, error, event = JobState.CANCELLED, None, EventKind.JOB_CANCELLED
+            elif retries > retry_limit:
+                new, event = JobState.FAILED, EventKind.JOB_FAILED
+                error = f"runner died {retries} times (limit {retry_limit}); last: {reason}"
+            else:
+                new, error, event = JobState.QUEUED, None, None
+            conn.execute(
+                "UPDATE jobs SET state = ?, retries = ?, error = COALESCE(?, error),"
+                " runner_pid = NULL, stage = NULL, wait_reason = ?,"
+                " finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE id = ?",
+                (
+                    new.value,
+                    retries,
+                    error,
+                    f"requeued after: {reason}" if new is JobState.QUEUED else None,
+                    new.terminal,
+                    now,
+                    job_id,
+                ),
+            )
+            if event is not None:
+                self._event(conn, now, event, job_id, detail={"error": error})
+            return new
+
+    def _reclaim(self, conn: sqlite3.Connection, job_id: int, reason: str, now: float) -> None:
+        leases = conn.execute(
+            "UPDATE leases SET state = ?, released_at = ? WHERE job_id = ? AND state = ?"
+            " RETURNING epoch, kind, resources",
+            (LeaseState.RECLAIMED.value, now, job_id, LeaseState.ACTIVE.value),
+        ).fetchall()
+        for epoch, kind, resources in leases:
+            self._event(
+                conn,
+                now,
+                EventKind.RECLAIM,
+                job_id,
+                kind,
+                epoch,
+                json.loads(resources),
+                {"reason": reason},
+            )
+        conn.execute(
+            "UPDATE requests SET state = ? WHERE job_id = ? AND state IN (?, ?)",
+            (
+                RequestState.ABANDONED.value,
+                job_id,
+                RequestState.PENDING.value,
+                RequestState.GRANTED.value,
+            ),
+        )
+
+    def finish_job(
+        self,
+        job_id: int,
+        attempt: int,
+        *,
+        state: JobState = JobState.DONE,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """The runner's last write: done (with its result) or failed (with the reason)."""
+        event = EventKind.JOB_DONE if state is JobState.DONE else EventKind.JOB_FAILED
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            cur = conn.execute(
+                "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, stage = NULL,"
+                " wait_reason = NULL WHERE id = ? AND attempt = ? AND state = 'running'",
+                (
+                    state.value,
+                    _dumps(result) if result is not None else None,
+                    error,
+                    now,
+                    job_id,
+                    attempt,
+                ),
+            )
+            if cur.rowcount != 1:
+                raise Fenced(f"job {job_id} attempt {attempt} is no longer running")
+            self._reclaim(conn, job_id, "job finished", now)
+            self._event(conn, now, event, job_id, detail={"error": error} if error else None)
+
+    def set_wait_reasons(self, reasons: dict[int, str]) -> None:
+        if not reasons:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE jobs SET wait_reason = ? WHERE id = ?",
+                [(reason, job_id) for job_id, reason in reasons.items()],
+            )

@@ -1,0 +1,49 @@
+"""The schema as an ordered list of migrations; ``Connection`` applies the missing ones."""
+
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "initial",
+        [
+            "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            """CREATE TABLE jobs (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                name TEXT, kind TEXT NOT NULL, spec TEXT NOT NULL,
+                priority INTEGER NOT NULL DEFAULT 0, device_kind TEXT,
+                state TEXT NOT NULL, submitted_at REAL NOT NULL,
+                started_at REAL, finished_at REAL,
+                stage TEXT, wait_reason TEXT, progress TEXT, best_latency_ms REAL,
+                result TEXT, error TEXT,
+                retries INTEGER NOT NULL DEFAULT 0, attempt INTEGER NOT NULL DEFAULT 0,
+                stages_done INTEGER NOT NULL DEFAULT 0,
+                runner_pid INTEGER, runner_started REAL,
+                cancel_requested INTEGER NOT NULL DEFAULT 0)""",
+            "CREATE INDEX jobs_state ON jobs(state)",
+            """CREATE TABLE resources (
+                name TEXT PRIMARY KEY, kind TEXT NOT NULL,
+                capacity INTEGER NOT NULL, exclusive INTEGER NOT NULL)""",
+            """CREATE TABLE requests (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                job_id INTEGER NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL,
+                stage_index INTEGER NOT NULL, kind TEXT NOT NULL,
+                needs TEXT NOT NULL, info TEXT NOT NULL,
+                state TEXT NOT NULL, requested_at REAL NOT NULL, epoch INTEGER)""",
+            "CREATE INDEX requests_state ON requests(state)",
+            """CREATE TABLE leases (
+                epoch INTEGER PRIMARY KEY AUTOINCREMENT,
+                request_id INTEGER NOT NULL, job_id INTEGER NOT NULL, kind TEXT NOT NULL,
+                resources TEXT NOT NULL, holder_pid INTEGER, holder_started REAL,
+                state TEXT NOT NULL, granted_at REAL NOT NULL, started_at REAL,
+                heartbeat_at REAL, released_at REAL)""",
+            "CREATE INDEX leases_state ON leases(state)",
+            """CREATE TABLE events (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
+                job_id INTEGER, stage TEXT, epoch INTEGER, resources TEXT, detail TEXT)""",
+            "CREATE INDEX events_epoch ON events(epoch, kind)",
+            "CREATE INDEX events_job ON events(job_id)",
+            """CREATE TABLE stage_stats (
+                job_id INTEGER NOT NULL, kind TEXT NOT NULL,
+                count INTEGER NOT NULL, seconds REAL NOT NULL,
+                PRIMARY KEY (job_id, kind))""",
+        ],
+    ),
+]

@@ -1,0 +1,304 @@
+"""Stage requests, leases with epochs, stage statistics and the event log."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ..models import (
+    EventKind,
+    Fenced,
+    Grant,
+    Held,
+    Pending,
+    RequestState,
+)
+from .base import RegistryBase, _dumps
+
+
+class StagesMixin(RegistryBase):
+    def _insert_request(self, conn, job_id, attempt, stage_index, kind, needs, info, now) -> int:
+        ok = conn.execute(
+            "SELECT 1 FROM jobs WHERE id = ? AND attempt = ? AND state = 'running'"
+            " AND cancel_requested = 0",
+            (job_id, attempt),
+        ).fetchone()
+        if ok is None:
+            raise Fenced(f"job {job_id} attempt {attempt} may not request stages")
+        rid = conn.execute(
+            "INSERT INTO requests (job_id, attempt, stage_index, kind, needs, info, state,"
+            " requested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                job_id,
+                attempt,
+                stage_index,
+                kind,
+                _dumps(needs),
+                _dumps(info),
+                RequestState.PENDING.value,
+                now,
+            ),
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE jobs SET stage = ?, wait_reason = 'waiting for a grant' WHERE id = ?",
+            (kind, job_id),
+        )
+        self._event(conn, now, EventKind.REQUEST, job_id, kind, detail={"needs": needs})
+        return int(rid)
+
+    def request_stage(
+        self,
+        job_id: int,
+        attempt: int,
+        stage_index: int,
+        kind: str,
+        needs: dict[str, int],
+        info: dict[str, Any] | None = None,
+        *,
+        now: float | None = None,
+    ) -> int:
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            return self._insert_request(
+                conn, job_id, attempt, stage_index, kind, needs, info or {}, now
+            )
+
+    def pending(self) -> list[Pending]:
+        rows = self.conn.execute(
+            "SELECT r.id, r.job_id, r.kind, r.needs, r.requested_at, j.priority,"
+            " j.device_kind, r.info FROM requests r JOIN jobs j ON j.id = r.job_id"
+            " WHERE r.state = 'pending' ORDER BY r.id"
+        )
+        return [
+            Pending(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], json.loads(r[7]))
+            for r in rows
+        ]
+
+    def poll_grant(self, request_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT r.state, l.epoch, l.resources FROM requests r"
+            " LEFT JOIN leases l ON l.epoch = r.epoch WHERE r.id = ?",
+            (request_id,),
+        ).fetchone()
+        if row is None or row[0] == RequestState.ABANDONED.value:
+            raise Fenced(f"request {request_id} was abandoned")
+        if row[0] == RequestState.PENDING.value:
+            return None
+        return {"epoch": int(row[1]), "resources": json.loads(row[2])}
+
+    def grant(
+        self,
+        grants: list[tuple[Pending, dict[str, int]]],
+        *,
+        now: float | None = None,
+        reasons: dict[int, str] | None = None,
+        enforce_capacity: bool = True,
+    ) -> list[Grant]:
+        """Turn decisions into leases in one transaction.
+
+        Requests no longer pending are skipped, and so (unless ``enforce_capacity`` is off,
+        for the uncontrolled strategy) is any grant that would exceed a capacity: a
+        double grant is impossible even if two dispatchers raced.
+        """
+        done: list[Grant] = []
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            capacity = dict(conn.execute("SELECT name, capacity FROM resources").fetchall())
+            used: dict[str, int] = {}
+            for (held,) in conn.execute("SELECT resources FROM leases WHERE state = 'active'"):
+                for name, amount in json.loads(held).items():
+                    used[name] = used.get(name, 0) + amount
+            for pending, resources in grants:
+                if enforce_capacity and any(
+                    used.get(n, 0) + a > capacity.get(n, 0) for n, a in resources.items()
+                ):
+                    continue
+                for name, amount in resources.items():
+                    used[name] = used.get(name, 0) + amount
+                row = conn.execute(
+                    "UPDATE requests SET state = 'granted' WHERE id = ? AND state = 'pending'"
+                    " RETURNING job_id",
+                    (pending.request_id,),
+                ).fetchone()
+                if row is None:
+                    continue
+                holder = conn.execute(
+                    "SELECT runner_pid, runner_started FROM jobs WHERE id = ?", (row[0],)
+                ).fetchone()
+                epoch = conn.execute(
+                    "INSERT INTO leases (request_id, job_id, kind, resources, holder_pid,"
+                    " holder_started, state, granted_at, heartbeat_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?) RETURNING epoch",
+                    (
+                        pending.request_id,
+                        pending.job_id,
+                        pending.kind,
+                        _dumps(resources),
+                        holder[0],
+                        holder[1],
+                        now,
+                        now,
+                    ),
+                ).fetchone()[0]
+                conn.execute(
+                    "UPDATE requests SET epoch = ? WHERE id = ?", (epoch, pending.request_id)
+                )
+                conn.execute(
+                    "UPDATE jobs SET stage = ?, wait_reason = NULL WHERE id = ?",
+                    (pending.kind, pending.job_id),
+                )
+                self._event(
+                    conn, now, EventKind.GRANT, pending.job_id, pending.kind, epoch, resources
+                )
+                done.append(Grant(pending.request_id, pending.job_id, int(epoch), resources))
+            for job_id, reason in (reasons or {}).items():
+                conn.execute("UPDATE jobs SET wait_reason = ? WHERE id = ?", (reason, job_id))
+        return done
+
+    def active_leases(self) -> list[Held]:
+        rows = self.conn.execute(
+            "SELECT epoch, job_id, kind, resources, granted_at, started_at FROM leases"
+            " WHERE state = 'active' ORDER BY epoch"
+        )
+        return [Held(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
+    def start_stage(self, epoch: int, *, now: float | None = None) -> None:
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            row = conn.execute(
+                "UPDATE leases SET started_at = ?, heartbeat_at = ? WHERE epoch = ?"
+                " AND state = 'active' RETURNING job_id, kind, resources",
+                (now, now, epoch),
+            ).fetchone()
+            if row is None:
+                raise Fenced(f"lease {epoch} is no longer active")
+            self._event(conn, now, EventKind.START, row[0], row[1], epoch, json.loads(row[2]))
+
+    def heartbeat(self, epoch: int, *, now: float | None = None) -> bool:
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            cur = conn.execute(
+                "UPDATE leases SET heartbeat_at = ? WHERE epoch = ? AND state = 'active'",
+                (now, epoch),
+            )
+            return cur.rowcount == 1
+
+    def complete_stage(
+        self,
+        epoch: int,
+        *,
+        seconds: float,
+        progress: dict[str, Any],
+        next_stage: tuple[int, str, dict[str, int], dict[str, Any]] | None = None,
+        started_at: float | None = None,
+        now: float | None = None,
+    ) -> int | None:
+        """Release the lease, record the stage done and (optionally) request the next stage.
+
+        One transaction, fenced by the epoch: a stale runner changes nothing.  A stage too
+        short for its heartbeat thread to have recorded its start gets it recorded here.
+        """
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            row = conn.execute(
+                "SELECT job_id, kind, resources, request_id, started_at FROM leases"
+                " WHERE epoch = ? AND state = 'active'",
+                (epoch,),
+            ).fetchone()
+            if row is None:
+                raise Fenced(f"lease {epoch} is no longer active")
+            job_id, kind, resources, request_id, recorded_start = row
+            resources = json.loads(resources)
+            start = started_at if started_at is not None else now
+            conn.execute(
+                "UPDATE leases SET state = 'released', released_at = ?,"
+                " started_at = COALESCE(started_at, ?) WHERE epoch = ?",
+                (now, start, epoch),
+            )
+            if recorded_start is None:
+                self._event(conn, start, EventKind.START, job_id, kind, epoch, resources)
+            conn.execute("UPDATE requests SET state = 'done' WHERE id = ?", (request_id,))
+            conn.execute(
+                "UPDATE jobs SET stages_done = stages_done + 1, progress = ?,"
+                " best_latency_ms = COALESCE(?, best_latency_ms), stage = NULL,"
+                " wait_reason = NULL WHERE id = ?",
+                (_dumps(progress), progress.get("best_latency_ms"), job_id),
+            )
+            conn.execute(
+                "INSERT INTO stage_stats (job_id, kind, count, seconds) VALUES (?, ?, 1, ?)"
+                " ON CONFLICT(job_id, kind) DO UPDATE SET count = count + 1,"
+                " seconds = seconds + excluded.seconds",
+                (job_id, kind, seconds),
+            )
+            self._event(
+                conn, now, EventKind.END, job_id, kind, epoch, resources, {"seconds": seconds}
+            )
+            self._event(conn, now, EventKind.RELEASE, job_id, kind, epoch, resources)
+            if next_stage is None:
+                return None
+            attempt = conn.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            index, next_kind, needs, info = next_stage
+            return self._insert_request(
+                conn, job_id, attempt[0], index, next_kind, needs, info, now
+            )
+
+    def stale_leases(self, before: float) -> list[dict[str, Any]]:
+        """Active leases of started stages whose heartbeat is older than ``before``."""
+        rows = self.conn.execute(
+            "SELECT l.epoch, l.job_id, j.attempt, l.holder_pid, l.holder_started, l.heartbeat_at"
+            " FROM leases l JOIN jobs j ON j.id = l.job_id"
+            " WHERE l.state = 'active' AND l.started_at IS NOT NULL AND l.heartbeat_at < ?",
+            (before,),
+        )
+        return [dict(r) for r in rows]
+
+    def stage_estimates(self) -> tuple[dict[tuple[int, str], float], dict[str, float]]:
+        """Mean observed seconds per (job, stage kind) and per stage kind, from history."""
+        per_job: dict[tuple[int, str], float] = {}
+        totals: dict[str, list[float]] = {}
+        for job_id, kind, count, seconds in self.conn.execute(
+            "SELECT job_id, kind, count, seconds FROM stage_stats"
+        ):
+            per_job[(job_id, kind)] = seconds / count
+            acc = totals.setdefault(kind, [0.0, 0.0])
+            acc[0] += seconds
+            acc[1] += count
+        return per_job, {k: s / n for k, (s, n) in totals.items() if n}
+
+    # -- event log ---------------------------------------------------------------------
+    def events(self, *, job_id: int | None = None, after_id: int = 0) -> list[dict[str, Any]]:
+        where, args = "WHERE id > ?", [after_id]
+        if job_id is not None:
+            where, args = where + " AND job_id = ?", [after_id, job_id]
+        rows = self.conn.execute(
+            "SELECT id, ts, kind, job_id, stage, epoch, resources, detail FROM events "
+            f"{where} ORDER BY id",
+            args,
+        )
+        out = []
+        for r in rows:
+            event = dict(r)
+            event["resources"] = json.loads(event["resources"]) if event["resources"] else None
+            event["detail"] = json.loads(event["detail"]) if event["detail"] else None
+            out.append(event)
+        return out
+
+    def stage_intervals(self, *, job_id: int | None = None) -> list[dict[str, Any]]:
+        """One row per lease, rebuilt from the event log: grant, start, end, release times."""
+        where, args = ("AND g.job_id = ?", [job_id]) if job_id is not None else ("", [])
+        rows = self.conn.execute(
+            "SELECT g.epoch, g.job_id, g.stage, g.resources, g.ts AS granted,"
+            " (SELECT ts FROM events WHERE epoch = g.epoch AND kind = 'start') AS started,"
+            " (SELECT ts FROM events WHERE epoch = g.epoch AND kind = 'end') AS ended,"
+            " (SELECT ts FROM events WHERE epoch = g.epoch AND kind IN ('release', 'reclaim'))"
+            " AS released"
+            f" FROM events g WHERE g.kind = 'grant' {where} ORDER BY g.epoch",
+            args,
+        )
+        out = []
+        for r in rows:
+            interval = dict(r)
+            interval["resources"] = json.loads(interval["resources"])
+            out.append(interval)
+        return out

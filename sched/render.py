@@ -1,0 +1,102 @@
+"""Rich rendering for the CLI; data comes from report.py and api.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+
+def _progress(job: dict[str, Any]) -> str:
+    if job.get("trials_total"):
+        return f"{job['trials_done'] or 0}/{job['trials_total']}"
+    return "-"
+
+
+def _latency(value: float | None) -> str:
+    return f"{value:.3f} ms" if value is not None else "-"
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> Table:
+    table = Table(title="jobs", title_justify="left")
+    for column in ("id", "name", "state", "stage", "reason", "progress", "best", "retries"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        reason = job.get("wait_reason") or job.get("error") or ""
+        table.add_row(
+            str(job["id"]),
+            str(job["name"]),
+            str(job["state"]),
+            job.get("stage") or "-",
+            reason,
+            _progress(job),
+            _latency(job.get("best_latency_ms")),
+            str(job["retries"]),
+        )
+    return table
+
+
+def status_view(report: dict[str, Any]) -> Group:
+    daemon = report["daemon"]
+    if daemon["running"]:
+        head = f"daemon pid {daemon['pid']}, strategy {daemon['strategy']}, db {report['db']}"
+    else:
+        head = f"no daemon runs for {report['db']} (start one with: sched start)"
+    resources = Table(title="resources", title_justify="left")
+    for column in ("name", "kind", "capacity", "held by", "busy"):
+        resources.add_column(column)
+    for res in report["resources"]:
+        held = ", ".join(
+            f"job {h['job_id']} {h['stage']}"
+            + ("" if h["running"] else " (granted)")
+            + (f" x{h['amount']}" if h["amount"] != 1 else "")
+            for h in res["holders"]
+        )
+        resources.add_row(
+            res["name"], res["kind"], str(res["capacity"]), held or "idle", f"{res['busy']:.0%}"
+        )
+    counts = ", ".join(f"{n} {s}" for s, n in report["counts"].items() if n)
+    return Group(head, resources, jobs_table(report["jobs"]), counts or "no jobs")
+
+
+def events_table(events: list[dict[str, Any]]) -> Table:
+    table = Table(title="events", title_justify="left")
+    for column in ("time", "event", "stage", "epoch", "resources", "detail"):
+        table.add_column(column, overflow="fold")
+    for event in events:
+        when = dt.datetime.fromtimestamp(event["ts"]).strftime("%H:%M:%S.%f")[:-3]
+        resources = ",".join(f"{k}:{v}" for k, v in (event["resources"] or {}).items())
+        detail = "" if event["detail"] is None else str(event["detail"])
+        table.add_row(
+            when, event["kind"], event["stage"] or "", str(event["epoch"] or ""), resources, detail
+        )
+    return table
+
+
+def timeline_table(rows: list[dict[str, Any]]) -> Table:
+    origin = min((r["start"] for r in rows), default=0.0)
+    table = Table(title="timeline (seconds since the first stage)", title_justify="left")
+    for column in ("resource", "job", "stage", "start", "end"):
+        table.add_column(column)
+    for row in sorted(rows, key=lambda r: (r["start"], r["resource"])):
+        table.add_row(
+            row["resource"],
+            str(row["job_id"]),
+            row["stage"],
+            f"{row['start'] - origin:.3f}",
+            f"{row['end'] - origin:.3f}",
+        )
+    return table
+
+
+def result_table(job: dict[str, Any]) -> Table:
+    table = Table(title=f"job {job['id']} result", title_justify="left", show_header=False)
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+    for key, value in (job.get("result") or {}).items():
+        if key.endswith("_ms") and isinstance(value, int | float):
+            value = _latency(value)
+        table.add_row(key, str(value))
+    return table

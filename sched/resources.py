@@ -1,0 +1,112 @@
+"""Resource detection and ``--resource NAME=CAPACITY`` parsing.
+
+Defaults: a ``cpu`` pool with one slot per core; one exclusive ``gpuN`` per GPU that
+``nvidia-smi -L`` lists; on a machine without GPUs, one exclusive ``cpu-device``: the
+cores a CPU target is measured on (a measure stage on it also claims every cpu slot).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+from .models import Resource, ResourceKind
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*$")
+_GPU_TARGETS = ("cuda", "nvidia", "rocm", "vulkan", "metal", "opencl", "gpu")
+_CPU_TARGETS = ("llvm", "c", "cpu")
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> int:
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return 0
+    try:
+        out = subprocess.run([tool, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def kind_for_name(name: str) -> ResourceKind:
+    lowered = name.lower()
+    if lowered == "cpu":
+        return ResourceKind.CPU
+    if lowered.startswith(("gpu", "cuda")):
+        return ResourceKind.GPU
+    if lowered.startswith(("cpu-device", "cpu-measure")):
+        return ResourceKind.CPU_DEVICE
+    return ResourceKind.DEVICE
+
+
+def parse_resource(text: str) -> list[Resource]:
+    """``cpu=8`` is a pool of 8 slots; ``gpu=2`` is gpu0 and gpu1; ``gpu0=1`` one device."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not _NAME.match(name):
+        raise ValueError(f"resource {text!r} is not NAME=CAPACITY (e.g. cpu=8 or gpu=1)")
+    try:
+        capacity = int(raw)
+    except ValueError:
+        raise ValueError(f"resource {text!r}: capacity must be a whole number") from None
+    if capacity < 1:
+        raise ValueError(f"resource {text!r}: capacity must be at least 1")
+    kind = kind_for_name(name)
+    if kind is ResourceKind.CPU:
+        return [Resource(name, kind, capacity, False)]
+    if capacity == 1:
+        return [Resource(name, kind, 1, True)]
+    return [Resource(f"{name}{i}", kind, 1, True) for i in range(capacity)]
+
+
+def detect(overrides: list[str] | dict[str, int] | None = None) -> list[Resource]:
+    """Detected resources, with any override replacing the detected resource of that kind."""
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={v}" for k, v in overrides.items()]
+    given: list[Resource] = []
+    for text in overrides or []:
+        given += parse_resource(text)
+    kinds = {r.kind for r in given}
+    names = [r.name for r in given]
+    if len(set(names)) != len(names):
+        raise ValueError(f"resource names must be unique, got {', '.join(names)}")
+    found = list(given)
+    if ResourceKind.CPU not in kinds:
+        found.append(Resource("cpu", ResourceKind.CPU, cpu_count(), False))
+    if not kinds - {ResourceKind.CPU}:
+        gpus = visible_gpus()
+        if gpus:
+            found += [Resource(f"gpu{i}", ResourceKind.GPU, 1, True) for i in range(gpus)]
+        else:
+            found.append(Resource("cpu-device", ResourceKind.CPU_DEVICE, 1, True))
+    return found
+
+
+def device_kind_for_target(target: str) -> str | None:
+    """Which device kind a target string measures on ('gpu', 'cpu-device' or None)."""
+    text = target.strip()
+    if text.startswith("{"):
+        try:
+            text = str(json.loads(text).get("kind", ""))
+        except (ValueError, AttributeError):
+            return None
+    head = text.split()[0].lower() if text.split() else ""
+    if head in _GPU_TARGETS:
+        return ResourceKind.GPU.value
+    if head in _CPU_TARGETS:
+        return ResourceKind.CPU_DEVICE.value
+    return None
+
+
+def device_kind_for_mock(device: str) -> str | None:
+    return {"gpu": ResourceKind.GPU.value, "cpu": ResourceKind.CPU_DEVICE.value}.get(device)

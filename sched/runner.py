@@ -1,0 +1,166 @@
+"""The runner: one forked process per job, driving its StagedJob one granted stage at a time.
+
+It does nothing on its own: it asks for its next stage (a request row), waits for the
+grant (the registry is the truth; a pipe from the daemon is only a wake-up hint),
+runs the stage while a thread heartbeats the lease, then releases the lease, records
+the stage and requests the next one in one transaction fenced by the lease epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from .jobs import build_job
+from .models import Fenced, JobState
+from .registry import Registry
+
+EXIT_OK, EXIT_FAILED, EXIT_FENCED = 0, 1, 3
+
+
+class Heartbeat(threading.Thread):
+    """Record the stage's start, then refresh the lease while the stage runs.
+
+    The start is written only once the stage has run ``START_DELAY``: a stage shorter
+    than that costs no extra transaction (``complete_stage`` records its start).
+    """
+
+    START_DELAY = 0.05
+
+    def __init__(self, registry: Registry, epoch: int, interval: float, started: float) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{epoch}")
+        self.registry, self.epoch, self.interval = registry, epoch, interval
+        self.started = started
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        if self.stopped.wait(self.START_DELAY):
+            return
+        try:
+            self.registry.start_stage(self.epoch, now=self.started)
+        except Fenced:
+            return
+        except Exception:
+            pass  # the heartbeat below still keeps the lease alive
+        while not self.stopped.wait(self.interval):
+            try:
+                if not self.registry.heartbeat(self.epoch):
+                    return
+            except Exception:  # a missed beat is retried; the daemon judges staleness
+                continue
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+class Wakeup:
+    """Wait for a byte on the daemon's pipe, or a timeout; degrade to sleeping on EOF."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def wait(self, timeout: float) -> None:
+        if self.fd is None:
+            time.sleep(timeout)
+            return
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:
+            try:
+                if os.read(self.fd, 4096) == b"":
+                    self.fd = None  # the daemon is gone: poll the registry instead
+            except BlockingIOError:
+                pass
+
+
+def notify(fd: int | None) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, b"r")
+    except (BlockingIOError, BrokenPipeError, OSError):
+        pass  # a full pipe already wakes the daemon; a dead one is replaced by polling
+
+
+def wait_for_grant(registry: Registry, request_id: int, wakeup: Wakeup) -> dict:
+    """Poll with backoff: up to 0.5 s apart while the daemon can wake us, 0.1 s once not."""
+    delay = 0.002
+    while True:
+        grant = registry.poll_grant(request_id)
+        if grant is not None:
+            return grant
+        wakeup.wait(delay)
+        delay = min(0.5 if wakeup.fd is not None else 0.1, delay * 2)
+
+
+def run(
+    db_path: str | Path,
+    job_id: int,
+    attempt: int,
+    *,
+    wake_fd: int | None = None,
+    notify_fd: int | None = None,
+    heartbeat: float = 1.0,
+) -> int:
+    """The runner's whole life; returns its exit status."""
+    registry = Registry(db_path)
+    wakeup = Wakeup(wake_fd)
+    row = registry.job(job_id)
+    if row is None or row["attempt"] != attempt or row["state"] is not JobState.RUNNING:
+        return EXIT_FENCED
+    request = None
+    try:
+        job = build_job(row, db_path=Path(db_path))
+        index = row["stages_done"]
+        request = job.next_stage()
+        if request is None:
+            registry.finish_job(job_id, attempt, result=job.result())
+            return EXIT_OK
+        request_id = registry.request_stage(
+            job_id, attempt, index, request.kind.value, request.needs, request.info
+        )
+        notify(notify_fd)
+        while True:
+            grant = wait_for_grant(registry, request_id, wakeup)
+            epoch = grant["epoch"]
+            started = time.time()
+            beat = Heartbeat(registry, epoch, heartbeat, started)
+            beat.start()
+            try:
+                outcome = job.run_stage(grant=grant)
+            finally:
+                beat.stop()
+            index += 1
+            request = job.next_stage()
+            follow = None
+            if request is not None:
+                follow = (index, request.kind.value, request.needs, request.info)
+            request_id = registry.complete_stage(
+                epoch,
+                seconds=outcome.seconds,
+                progress=job.progress(),
+                next_stage=follow,
+                started_at=started,
+            )
+            notify(notify_fd)
+            if request is None:
+                registry.finish_job(job_id, attempt, result=job.result())
+                notify(notify_fd)
+                return EXIT_OK
+    except Fenced as exc:
+        print(f"runner for job {job_id}: fenced: {exc}", flush=True)
+        return EXIT_FENCED
+    except Exception as exc:
+        traceback.print_exc()
+        stage = request.kind.value if request is not None else "job"
+        error = f"{stage} stage failed: {type(exc).__name__}: {exc}"
+        try:
+            registry.finish_job(job_id, attempt, state=JobState.FAILED, error=error)
+        except Fenced:
+            return EXIT_FENCED
+        notify(notify_fd)
+        return EXIT_FAILED

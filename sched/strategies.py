@@ -1,0 +1,235 @@
+"""Scheduling strategies behind one interface: ``decide(snapshot) -> Decision``.
+
+A strategy sees the pending stage requests, the resources and the active leases at
+``now`` and answers which requests to grant, with which concrete resources, and why
+the others wait.  It does no I/O, so the daemon and the simulator share it unchanged.
+
+Placement rules shared by all strategies (``place``):
+- ``cpu: n`` takes n slots of the cpu pool (clamped to its capacity);
+- ``device: 1`` takes one free exclusive device of the job's device kind;
+- a stage on a ``cpu-device`` also claims every cpu slot, so no other job's CPU work
+  runs while a CPU target is measured (it would distort the timings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .models import Held, Pending, Resource, ResourceKind
+
+DEVICE_KINDS = (ResourceKind.GPU, ResourceKind.CPU_DEVICE, ResourceKind.DEVICE)
+DEFAULT_STAGE_SECONDS = 1.0
+
+
+@dataclass
+class Snapshot:
+    resources: dict[str, Resource]
+    pending: list[Pending]
+    leases: list[Held]
+    now: float
+    # (per (job, stage kind), per stage kind) mean seconds; only for strategies that ask.
+    estimates: tuple[dict[tuple[int, str], float], dict[str, float]] | None = None
+
+    def free(self) -> dict[str, int]:
+        free = {name: r.capacity for name, r in self.resources.items()}
+        for lease in self.leases:
+            for name, amount in lease.resources.items():
+                if name in free:
+                    free[name] -= amount
+        return free
+
+    def holders(self) -> dict[str, list[int]]:
+        held: dict[str, list[int]] = {}
+        for lease in self.leases:
+            for name in lease.resources:
+                held.setdefault(name, []).append(lease.job_id)
+        return held
+
+
+@dataclass
+class Decision:
+    grants: list[tuple[Pending, dict[str, int]]] = field(default_factory=list)
+    waits: dict[int, str] = field(default_factory=dict)  # job id -> why it waits
+
+
+def _matches(resource: Resource, device_kind: str | None) -> bool:
+    if resource.kind not in DEVICE_KINDS:
+        return False
+    return device_kind is None or resource.kind.value == device_kind
+
+
+def wanted(
+    p: Pending,
+    snap: Snapshot,
+    free: dict[str, int],
+    *,
+    check: bool = True,
+    blocked: frozenset[str] | set[str] = frozenset(),
+) -> tuple[dict[str, int] | None, str]:
+    """Concrete resources for ``p``; with ``check``, only if free now (else None and why)."""
+    pool = next((r for r in snap.resources.values() if r.kind is ResourceKind.CPU), None)
+    want: dict[str, int] = {}
+    cpus = p.needs.get("cpu", 0)
+    if cpus:
+        if pool is None:
+            return None, "no cpu resource is configured"
+        want[pool.name] = min(cpus, pool.capacity)
+    if p.needs.get("device", 0):
+        candidates = [r for r in snap.resources.values() if _matches(r, p.device_kind)]
+        if not candidates:
+            kind = p.device_kind or "measurement"
+            return None, f"no {kind} device is configured (add one with --resource)"
+        usable = [
+            r for r in candidates if not check or (free[r.name] >= 1 and r.name not in blocked)
+        ]
+        if not usable:
+            holders = snap.holders()
+            busy = ", ".join(
+                f"{r.name} held by job {holders[r.name][0]}"
+                if r.name in holders
+                else f"{r.name} reserved"
+                for r in candidates
+            )
+            return None, f"waiting for a device ({busy})"
+        device = usable[0]
+        want[device.name] = 1
+        if device.kind is ResourceKind.CPU_DEVICE and pool is not None:
+            want[pool.name] = pool.capacity  # measuring a CPU target owns every core
+    if check and pool is not None and pool.name in want:
+        need = want[pool.name]
+        if pool.name in blocked or free[pool.name] < need:
+            why = (
+                "reserved for an earlier request"
+                if pool.name in blocked
+                else (f"{free[pool.name]} free")
+            )
+            return None, f"waiting for {need} cpu slot(s) ({why})"
+    return want, ""
+
+
+class Strategy:
+    """Base: grant in order while resources are free, reserving for blocked requests."""
+
+    name: ClassVar[str] = "base"
+    uses_estimates: ClassVar[bool] = False
+    oversubscribes: ClassVar[bool] = False  # True only for the uncontrolled strategy
+
+    def max_active_jobs(self, limit: int) -> int:
+        return limit
+
+    def order(self, snap: Snapshot) -> list[Pending]:
+        return sorted(snap.pending, key=lambda p: (-p.priority, p.requested_at, p.request_id))
+
+    def eligible(self, snap: Snapshot) -> tuple[set[int] | None, str]:
+        return None, ""
+
+    def decide(self, snap: Snapshot) -> Decision:
+        decision = Decision()
+        free = snap.free()
+        blocked: set[str] = set()
+        allowed, not_allowed_why = self.eligible(snap)
+        for p in self.order(snap):
+            if allowed is not None and p.job_id not in allowed:
+                decision.waits[p.job_id] = not_allowed_why
+                continue
+            want, why = wanted(p, snap, free, blocked=blocked)
+            if want is None:
+                decision.waits[p.job_id] = why
+                # Reserve what it waits for: later requests may not starve it.
+                full, _ = wanted(p, snap, free, check=False)
+                blocked.update(full or {})
+                continue
+            for name, amount in want.items():
+                free[name] -= amount
+            decision.grants.append((p, want))
+        return decision
+
+
+class Interleaved(Strategy):
+    """Load-aware: exclusive devices never shared, cpu never oversubscribed, gaps filled."""
+
+    name = "interleaved"
+
+
+class Sequential(Strategy):
+    """One job at a time, start to end: the safe default of plain TVM practice."""
+
+    name = "sequential"
+
+    def max_active_jobs(self, limit: int) -> int:
+        return 1
+
+    def eligible(self, snap: Snapshot) -> tuple[set[int] | None, str]:
+        holding = {lease.job_id for lease in snap.leases}
+        if holding:
+            current = min(holding)
+        elif snap.pending:
+            current = min(snap.pending, key=lambda p: (-p.priority, p.job_id)).job_id
+        else:
+            return None, ""
+        return {current}, f"sequential: job {current} runs first"
+
+
+class Synchronous(Strategy):
+    """No control: every stage runs as soon as it is asked for, capacity ignored."""
+
+    name = "synchronous"
+    oversubscribes = True
+
+    def decide(self, snap: Snapshot) -> Decision:
+        decision = Decision()
+        free = snap.free()
+        for p in self.order(snap):
+            want, why = wanted(p, snap, free, check=False)
+            if want is None:
+                decision.waits[p.job_id] = why
+            else:
+                decision.grants.append((p, want))
+        return decision
+
+
+class Predictive(Strategy):
+    """Interleaved, ordered by learned stage durations to keep the bottleneck busy.
+
+    Device stages go first (the device is the resource that must never idle while a
+    measurement waits); the rest go longest-remaining-work first, which shortens the
+    tail of the batch (the makespan) the way Johnson's rule orders a two-machine
+    flow shop.  Durations are means from the event log, per job, then per stage kind.
+    """
+
+    name = "predictive"
+    uses_estimates = True
+
+    def _estimate(self, snap: Snapshot, job_id: int, kind: str) -> float:
+        per_job, per_kind = snap.estimates or ({}, {})
+        return per_job.get((job_id, kind), per_kind.get(kind, DEFAULT_STAGE_SECONDS))
+
+    def remaining(self, snap: Snapshot, p: Pending) -> float:
+        kinds = ("search", "build", "measure", "update")
+        per_round = sum(self._estimate(snap, p.job_id, k) for k in kinds)
+        rounds_left = max(0, int(p.info.get("rounds", 1)) - int(p.info.get("round", 1)))
+        return rounds_left * per_round + self._estimate(snap, p.job_id, p.kind)
+
+    def order(self, snap: Snapshot) -> list[Pending]:
+        def key(p: Pending) -> tuple:
+            device_first = 0 if p.needs.get("device") else 1
+            return (-p.priority, device_first, -self.remaining(snap, p), p.request_id)
+
+        return sorted(snap.pending, key=key)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (Sequential, Synchronous, Interleaved, Predictive)
+}
+
+
+def get_strategy(name: str | Strategy) -> Strategy:
+    """A strategy by name or by object, as MetaSchedule picks its parts."""
+    if isinstance(name, Strategy):
+        return name
+    try:
+        return STRATEGIES[name]()
+    except KeyError:
+        known = ", ".join(STRATEGIES)
+        raise ValueError(f"unknown strategy {name!r}; choose one of {known}") from None

@@ -1,0 +1,82 @@
+"""A Gantt chart of stages per resource and job, drawn from the event log (Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+STAGE_COLOURS = {
+    "prepare": "#8c564b",
+    "search": "#1f77b4",
+    "build": "#ff7f0e",
+    "measure": "#d62728",
+    "update": "#2ca02c",
+    "finalize": "#9467bd",
+    "evaluate": "#e377c2",
+}
+
+
+def draw(rows: list[dict[str, Any]], output: str | Path, *, title: str = "sched timeline") -> Path:
+    """One lane per resource (cpu pools get one sub-lane per concurrent stage)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    output = Path(output)
+    if output.suffix.lower() not in (".png", ".svg"):
+        raise ValueError(f"timeline output {output.name!r} must end in .png or .svg")
+    origin = min((r["start"] for r in rows), default=0.0)
+    lanes: list[str] = []
+    placed: list[tuple[int, dict[str, Any]]] = []
+    ends: dict[str, list[float]] = {}
+    for row in sorted(rows, key=lambda r: (r["resource"], r["start"])):
+        slots = ends.setdefault(row["resource"], [])
+        slot = next((i for i, end in enumerate(slots) if end <= row["start"] + 1e-9), None)
+        if slot is None:
+            slots.append(row["end"])
+            slot = len(slots) - 1
+        else:
+            slots[slot] = row["end"]
+        lane = f"{row['resource']}#{slot}" if slot else row["resource"]
+        if lane not in lanes:
+            lanes.append(lane)
+        placed.append((lanes.index(lane), row))
+    fig, ax = plt.subplots(figsize=(12, 1 + 0.45 * max(1, len(lanes))))
+    for lane, row in placed:
+        colour = STAGE_COLOURS.get(row["stage"], "#7f7f7f")
+        ax.barh(
+            lane,
+            row["end"] - row["start"],
+            left=row["start"] - origin,
+            color=colour,
+            edgecolor="black",
+            linewidth=0.3,
+        )
+        width = row["end"] - row["start"]
+        if width > 0:
+            ax.text(
+                row["start"] - origin + width / 2,
+                lane,
+                str(row["job_id"]),
+                ha="center",
+                va="center",
+                fontsize=6,
+                clip_on=True,
+            )
+    ax.set_yticks(range(len(lanes)), lanes)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first stage")
+    ax.set_title(title)
+    ax.legend(
+        handles=[Patch(color=c, label=s) for s, c in STAGE_COLOURS.items()],
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        fontsize=7,
+    )
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output)
+    plt.close(fig)
+    return output

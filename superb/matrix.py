@@ -1,0 +1,126 @@
+"""Expand experiments into run points, each with a stable key for resuming.
+
+The key is a hash of exactly what determines the run (experiment, workload, target,
+budgets, strategy, jobs, seed, repeat), so the same file expands to the same keys on
+every invocation and a finished point is recognised and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .spec import Baseline, Experiment, ModelRef
+
+# A single real job runs the engine directly: no scheduler is involved, so the strategy
+# axis collapses to this one value for such points.
+DIRECT = "direct"
+
+
+class PointKind(StrEnum):
+    DIRECT = "direct"  # one real job: the simpletvm engine in a forked child
+    SCHED = "sched"  # several jobs, or MockJobs: a private sched daemon
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    experiment: str
+    models: tuple[ModelRef, ...]  # the model of each job; empty for mock points
+    mock: str | None
+    target: str
+    trials: int
+    per_round: int
+    strategy: str
+    jobs: int
+    seed: int
+    repeat: int
+    mix: tuple[str, ...] = ()  # the experiment's model mix this point draws its jobs from
+    baselines: tuple[Baseline, ...] = ()
+    timeout: float | None = None
+
+    @property
+    def kind(self) -> PointKind:
+        return PointKind.DIRECT if self.mock is None and self.jobs == 1 else PointKind.SCHED
+
+    def job_labels(self) -> list[str]:
+        """What each job tunes, for display and per-model results."""
+        if self.mock is not None:
+            return ["mock"] * self.jobs
+        return [m.label for m in self.models]
+
+    def params(self) -> dict:
+        """The parameters that identify the point (what its key hashes)."""
+        return {
+            "experiment": self.experiment,
+            "mix": list(self.mix),
+            "models": [m.label for m in self.models],
+            "mock": self.mock,
+            "target": self.target,
+            "trials": self.trials,
+            "per_round": self.per_round,
+            "strategy": self.strategy,
+            "jobs": self.jobs,
+            "seed": self.seed,
+            "repeat": self.repeat,
+        }
+
+    @property
+    def key(self) -> str:
+        canonical = json.dumps(self.params(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        workload = f"mock[{self.mock}]" if self.mock else "+".join(self.job_labels())
+        return (
+            f"{self.experiment}: {self.strategy} jobs={self.jobs} {workload} "
+            f"{self.target} trials={self.trials} seed={self.seed} repeat={self.repeat}"
+        )
+
+
+def expand(experiment: Experiment) -> list[RunPoint]:
+    """Every point of one experiment, repeat-major so a partial run covers the matrix."""
+    points: list[RunPoint] = []
+    seen: set[str] = set()
+    workloads: list[tuple[tuple[ModelRef, ...], str | None]] = (
+        [((), spec) for spec in experiment.mock]
+        if experiment.mock
+        else [(mix, None) for mix in experiment.mixes]
+    )
+    for repeat in range(experiment.repeats):
+        for (mix, mock), target, trials, per_round, jobs, strategy, seed in itertools.product(
+            workloads,
+            experiment.target,
+            experiment.trials,
+            experiment.per_round,
+            experiment.jobs,
+            experiment.strategy,
+            experiment.seed,
+        ):
+            models = tuple(mix[i % len(mix)] for i in range(jobs)) if mix else ()
+            direct = mock is None and jobs == 1
+            point = RunPoint(
+                experiment=experiment.name,
+                models=models,
+                mock=mock,
+                target=target,
+                trials=trials,
+                per_round=per_round,
+                strategy=DIRECT if direct else strategy.value,
+                jobs=jobs,
+                seed=seed,
+                repeat=repeat,
+                mix=tuple(m.label for m in mix),
+                baselines=experiment.baselines,
+                timeout=experiment.timeout,
+            )
+            if point.key not in seen:
+                seen.add(point.key)
+                points.append(point)
+    return points
+
+
+def expand_all(experiments: tuple[Experiment, ...] | list[Experiment]) -> list[RunPoint]:
+    return [point for experiment in experiments for point in expand(experiment)]

@@ -1,0 +1,417 @@
+"""The results store: one SQLite file, and the only module that writes SQL for it.
+
+Writes open with BEGIN IMMEDIATE and stay short; the file is in WAL mode with a busy
+timeout so a report can read while a run writes. A point is claimed by a process (pid
+plus start time) before it runs and is recorded in one transaction when it ends, so a
+killed run leaves a claim that the next run can tell is dead and take over, and nothing
+is ever recorded twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from .outcome import PointOutcome
+
+
+class PointStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+
+
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "0001_initial",
+        [
+            """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY, started REAL NOT NULL, finished REAL,
+            status TEXT NOT NULL, file TEXT, experiments TEXT, pid INTEGER,
+            environment TEXT)""",
+            """CREATE TABLE points (
+            key TEXT PRIMARY KEY, experiment TEXT NOT NULL, params TEXT NOT NULL,
+            kind TEXT NOT NULL, strategy TEXT, jobs INTEGER, target TEXT,
+            trials_budget INTEGER, per_round INTEGER, seed INTEGER, repeat INTEGER,
+            status TEXT NOT NULL, run_id INTEGER REFERENCES runs(id),
+            owner_pid INTEGER, owner_started REAL, work_dir TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0, error TEXT, started REAL, finished REAL,
+            wall_s REAL, tuning_s REAL, makespan_s REAL, trials INTEGER,
+            stage_seconds TEXT, detail TEXT)""",
+            "CREATE INDEX points_experiment ON points(experiment)",
+            """CREATE TABLE job_results (
+            point_key TEXT NOT NULL REFERENCES points(key), job_index INTEGER NOT NULL,
+            model TEXT, status TEXT, error TEXT, tuned_ms REAL, untuned_ms REAL,
+            onnxruntime_ms REAL, trials INTEGER, tuning_s REAL, stage_seconds TEXT,
+            PRIMARY KEY (point_key, job_index))""",
+            """CREATE TABLE resources (
+            point_key TEXT NOT NULL REFERENCES points(key), resource TEXT NOT NULL,
+            busy REAL, idle REAL, PRIMARY KEY (point_key, resource))""",
+            """CREATE TABLE events (
+            id INTEGER PRIMARY KEY, point_key TEXT NOT NULL REFERENCES points(key),
+            job_index INTEGER, kind TEXT, resource TEXT, start REAL, end REAL)""",
+            "CREATE INDEX events_point ON events(point_key)",
+            """CREATE TABLE convergence (
+            id INTEGER PRIMARY KEY, point_key TEXT NOT NULL REFERENCES points(key),
+            job_index INTEGER, trials INTEGER, seconds REAL, best_ms REAL)""",
+            "CREATE INDEX convergence_point ON convergence(point_key)",
+        ],
+    ),
+]
+_CHILD_TABLES = ("job_results", "resources", "events", "convergence")
+_CHUNK = 500
+
+
+class LostClaimError(RuntimeError):
+    """Another process owns this point now; recording it here would record it twice."""
+
+
+class ResultsDB:
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+        self.migrate()
+
+    # -- connection ------------------------------------------------------------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """One connection per process: never reuse one across fork."""
+        if self._conn is None or self._pid != os.getpid():
+            if not self.path.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations this file lacks; returns their names."""
+
+        def apply(conn: sqlite3.Connection) -> list[str]:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS migrations "
+                "(name TEXT PRIMARY KEY, applied REAL NOT NULL)"
+            )
+            done = {r["name"] for r in conn.execute("SELECT name FROM migrations")}
+            applied = []
+            for name, statements in MIGRATIONS:
+                if name in done:
+                    continue
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO migrations (name, applied) VALUES (?, julianday())", (name,)
+                )
+                applied.append(name)
+            return applied
+
+        return self._write(apply)
+
+    def migrations(self) -> list[str]:
+        return [r["name"] for r in self.conn.execute("SELECT name FROM migrations ORDER BY name")]
+
+    # -- runs ------------------------------------------------------------------------
+    def start_run(self, *, file: str, experiments: list[str], environment: dict, now: float) -> int:
+        return self._write(
+            lambda c: (
+                c.execute(
+                    "INSERT INTO runs (started, status, file, experiments, pid, environment) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        now,
+                        RunStatus.RUNNING.value,
+                        file,
+                        json.dumps(experiments),
+                        os.getpid(),
+                        json.dumps(environment),
+                    ),
+                ).lastrowid
+            )
+        )
+
+    def finish_run(self, run_id: int, status: RunStatus, *, now: float) -> None:
+        self._write(
+            lambda c: c.execute(
+                "UPDATE runs SET finished = ?, status = ? WHERE id = ?", (now, status.value, run_id)
+            )
+        )
+
+    def runs(self) -> list[dict]:
+        rows = self.conn.execute("SELECT * FROM runs ORDER BY id").fetchall()
+        return [_decode(r, "experiments", "environment") for r in rows]
+
+    # -- points ----------------------------------------------------------------------
+    def register_points(self, points: Iterable[Any]) -> int:
+        """Add points not seen before as pending; returns how many were new."""
+        rows = [
+            (
+                p.key,
+                p.experiment,
+                json.dumps(p.params(), sort_keys=True),
+                p.kind.value,
+                p.strategy,
+                p.jobs,
+                p.target,
+                p.trials,
+                p.per_round,
+                p.seed,
+                p.repeat,
+                PointStatus.PENDING.value,
+            )
+            for p in points
+        ]
+        return self._write(
+            lambda c: sum(
+                c.execute(
+                    "INSERT OR IGNORE INTO points (key, experiment, params, kind, strategy, jobs, "
+                    "target, trials_budget, per_round, seed, repeat, status) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                ).rowcount
+                for row in rows
+            )
+        )
+
+    def statuses(self, keys: Iterable[str]) -> dict[str, PointStatus]:
+        return {
+            r["key"]: PointStatus(r["status"])
+            for r in self._select_in("SELECT key, status FROM points WHERE key IN ({})", list(keys))
+        }
+
+    def claim(
+        self,
+        key: str,
+        *,
+        run_id: int,
+        owner: tuple[int, float],
+        work_dir: str,
+        now: float,
+        retry_failed: bool = False,
+        owner_alive: Callable[[int, float], bool],
+    ) -> tuple[bool, str | None]:
+        """Take a point to run: (claimed, the work dir of a dead earlier attempt)."""
+
+        def take(conn: sqlite3.Connection) -> tuple[bool, str | None]:
+            row = conn.execute(
+                "SELECT status, owner_pid, owner_started, work_dir FROM points WHERE key = ?",
+                (key,),
+            ).fetchone()
+            if row is None:
+                return False, None
+            status = PointStatus(row["status"])
+            if status is PointStatus.DONE:
+                return False, None
+            if status is PointStatus.FAILED and not retry_failed:
+                return False, None
+            previous = None
+            if status is PointStatus.RUNNING:
+                if owner_alive(row["owner_pid"], row["owner_started"]):
+                    return False, None
+                previous = row["work_dir"]
+            conn.execute(
+                "UPDATE points SET status = ?, run_id = ?, owner_pid = ?, owner_started = ?, "
+                "work_dir = ?, attempts = attempts + 1, started = ?, error = NULL "
+                "WHERE key = ?",
+                (PointStatus.RUNNING.value, run_id, owner[0], owner[1], work_dir, now, key),
+            )
+            return True, previous
+
+        return self._write(take)
+
+    def release(self, key: str, *, owner: tuple[int, float]) -> None:
+        """Give an interrupted point back so the next run starts it again."""
+        self._write(
+            lambda c: c.execute(
+                "UPDATE points SET status = ?, owner_pid = NULL, owner_started = NULL "
+                "WHERE key = ? AND status = ? AND owner_pid = ? AND owner_started = ?",
+                (PointStatus.PENDING.value, key, PointStatus.RUNNING.value, *owner),
+            )
+        )
+
+    def finish_point(
+        self,
+        key: str,
+        *,
+        owner: tuple[int, float],
+        outcome: PointOutcome,
+        error: str | None,
+        now: float,
+    ) -> PointStatus:
+        """Record a point, with everything it measured, in one transaction."""
+        status = PointStatus.FAILED if error else PointStatus.DONE
+
+        def record(conn: sqlite3.Connection) -> PointStatus:
+            updated = conn.execute(
+                "UPDATE points SET status = ?, error = ?, finished = ?, wall_s = ?, "
+                "tuning_s = ?, makespan_s = ?, trials = ?, stage_seconds = ?, detail = ?, "
+                "owner_pid = NULL, owner_started = NULL "
+                "WHERE key = ? AND status = ? AND owner_pid = ? AND owner_started = ?",
+                (
+                    status.value,
+                    error,
+                    now,
+                    outcome.wall_s,
+                    outcome.tuning_s,
+                    outcome.makespan_s,
+                    outcome.trials,
+                    json.dumps(outcome.stage_seconds),
+                    json.dumps(outcome.detail, default=str),
+                    key,
+                    PointStatus.RUNNING.value,
+                    *owner,
+                ),
+            ).rowcount
+            if updated != 1:
+                raise LostClaimError(f"point {key} is no longer claimed by this process")
+            for table in _CHILD_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE point_key = ?", (key,))
+            conn.executemany(
+                "INSERT INTO job_results (point_key, job_index, model, status, error, "
+                "tuned_ms, untuned_ms, onnxruntime_ms, trials, tuning_s, stage_seconds) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        key,
+                        j.index,
+                        j.model,
+                        j.status,
+                        j.error,
+                        j.tuned_ms,
+                        j.untuned_ms,
+                        j.onnxruntime_ms,
+                        j.trials,
+                        j.tuning_s,
+                        json.dumps(j.stage_seconds),
+                    )
+                    for j in outcome.jobs
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO resources (point_key, resource, busy, idle) VALUES (?, ?, ?, ?)",
+                [
+                    (key, name, use.get("busy"), use.get("idle"))
+                    for name, use in outcome.resources.items()
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO events (point_key, job_index, kind, resource, start, end) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(key, e.job_index, e.kind, e.resource, e.start, e.end) for e in outcome.events],
+            )
+            conn.executemany(
+                "INSERT INTO convergence (point_key, job_index, trials, seconds, best_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(key, c.job_index, c.trials, c.seconds, c.best_ms) for c in outcome.convergence],
+            )
+            return status
+
+        return self._write(record)
+
+    # -- reading ---------------------------------------------------------------------
+    def points(
+        self, *, experiments: list[str] | None = None, statuses: list[PointStatus] | None = None
+    ) -> list[dict]:
+        rows = self.conn.execute("SELECT * FROM points ORDER BY rowid").fetchall()
+        wanted = {s.value for s in statuses} if statuses else None
+        return [
+            _decode(r, "params", "stage_seconds", "detail")
+            for r in rows
+            if (not experiments or r["experiment"] in experiments)
+            and (wanted is None or r["status"] in wanted)
+        ]
+
+    def job_results(self, keys: list[str]) -> list[dict]:
+        return [
+            _decode(r, "stage_seconds")
+            for r in self._select_in(
+                "SELECT * FROM job_results WHERE point_key IN ({}) ORDER BY point_key, job_index",
+                keys,
+            )
+        ]
+
+    def resources(self, keys: list[str]) -> list[dict]:
+        return [
+            dict(r)
+            for r in self._select_in(
+                "SELECT * FROM resources WHERE point_key IN ({}) ORDER BY point_key, resource", keys
+            )
+        ]
+
+    def events(self, keys: list[str]) -> list[dict]:
+        return [
+            dict(r)
+            for r in self._select_in(
+                "SELECT * FROM events WHERE point_key IN ({}) ORDER BY point_key, start, id", keys
+            )
+        ]
+
+    def convergence(self, keys: list[str]) -> list[dict]:
+        return [
+            dict(r)
+            for r in self._select_in(
+                "SELECT * FROM convergence WHERE point_key IN ({}) "
+                "ORDER BY point_key, job_index, trials, id",
+                keys,
+            )
+        ]
+
+    def counts(self, key: str) -> dict[str, int]:
+        """Rows per table for one point: what tests use to prove nothing doubled."""
+        return {
+            table: self.conn.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE point_key = ?", (key,)
+            ).fetchone()[0]
+            for table in _CHILD_TABLES
+        }
+
+    def _select_in(self, sql: str, keys: list[str]) -> list[sqlite3.Row]:
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            rows.extend(self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk))
+        return rows
+
+
+def _decode(row: sqlite3.Row, *json_columns: str) -> dict:
+    data = dict(row)
+    for column in json_columns:
+        if data.get(column) is not None:
+            data[column] = json.loads(data[column])
+    return data

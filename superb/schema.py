@@ -1,0 +1,401 @@
+"""The benchmarks.toml schema: strict validation with defaults inheritance.
+
+Everything is checked before anything runs, because a typo found three hours into an
+unattended run wastes the night. Each problem is one line naming the key and, where it
+can be found, its line in the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from . import SuperbError
+from .mockspec import mock_problem, parse_mock
+from .spec import Baseline, BenchmarkFile, Experiment, ModelRef, SchemaError, Strategy
+from .tomlpos import find_line, line_of_syntax_error
+
+__all__ = [
+    "Baseline",
+    "BenchmarkFile",
+    "Experiment",
+    "ModelRef",
+    "SchemaError",
+    "Strategy",
+    "load",
+    "mock_problem",
+    "parse",
+    "parse_mock",
+]
+
+TOP_LEVEL_KEYS = {"defaults", "models", "experiment"}
+MODEL_KEYS = {"path", "sample", "input_shapes", "description"}
+# Keys an experiment may set; [defaults] may set all but name and description.
+EXPERIMENT_KEYS = {
+    "name",
+    "description",
+    "models",
+    "mock",
+    "target",
+    "trials",
+    "per_round",
+    "strategy",
+    "jobs",
+    "repeats",
+    "seed",
+    "baselines",
+    "timeout",
+}
+BUILTIN_DEFAULTS: dict[str, Any] = {
+    "target": ["llvm"],
+    "trials": [64],
+    "per_round": [16],
+    "strategy": ["interleaved"],
+    "jobs": [1],
+    "repeats": 1,
+    "seed": [0],
+    "baselines": ["untuned", "onnxruntime"],
+    "timeout": None,
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def load(path: str | Path) -> BenchmarkFile:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SuperbError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse(text, source=str(path), base_dir=path.parent)
+
+
+def parse(text: str, *, source: str = "<string>", base_dir: Path | str = ".") -> BenchmarkFile:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SchemaError(
+            f"invalid TOML: {exc}", source=source, line=line_of_syntax_error(str(exc), text)
+        ) from None
+    return _Validator(text, source, Path(base_dir)).file(data)
+
+
+class _Validator:
+    def __init__(self, text: str, source: str, base_dir: Path) -> None:
+        self.text, self.source, self.base_dir = text, source, base_dir
+
+    def fail(
+        self, message: str, table: str | None = None, key: str | None = None, index: int = 0
+    ) -> SchemaError:
+        return SchemaError(
+            message, source=self.source, line=find_line(self.text, table, key, index)
+        )
+
+    def unknown_keys(
+        self, data: dict, allowed: set[str], what: str, table: str | None, index: int = 0
+    ) -> None:
+        for key in data:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, sorted(allowed), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise self.fail(
+                    f"{what}: unknown key '{key}'{hint}; allowed: {', '.join(sorted(allowed))}",
+                    table,
+                    key,
+                    index,
+                )
+
+    def file(self, data: dict) -> BenchmarkFile:
+        self.unknown_keys(data, TOP_LEVEL_KEYS, "top level", None)
+        defaults = data.get("defaults", {})
+        if not isinstance(defaults, dict):
+            raise self.fail("'defaults' must be a table ([defaults])", None, "defaults")
+        self.unknown_keys(
+            defaults, EXPERIMENT_KEYS - {"name", "description"}, "[defaults]", "defaults"
+        )
+        models_table = data.get("models", {})
+        if not isinstance(models_table, dict):
+            raise self.fail("'models' must be a table ([models.NAME])", None, "models")
+        models = {name: self.model(name, spec) for name, spec in models_table.items()}
+        experiments = data.get("experiment")
+        if not isinstance(experiments, list) or not experiments:
+            raise self.fail(
+                "no experiments: add at least one [[experiment]] table with a name",
+                None,
+                "experiment",
+            )
+        parsed: list[Experiment] = []
+        seen: dict[str, int] = {}
+        for index, raw in enumerate(experiments):
+            if not isinstance(raw, dict):
+                raise self.fail(
+                    "'experiment' must be an array of tables ([[experiment]])", None, "experiment"
+                )
+            exp = self.experiment(index, raw, defaults, models)
+            if exp.name in seen:
+                raise self.fail(
+                    f"experiment '{exp.name}': key 'name': duplicate experiment "
+                    f"name (first used by experiment #{seen[exp.name] + 1}); "
+                    "names must be unique",
+                    "experiment",
+                    "name",
+                    index,
+                )
+            seen[exp.name] = index
+            parsed.append(exp)
+        return BenchmarkFile(self.source, models, tuple(parsed))
+
+    def model(self, name: str, spec: Any) -> ModelRef:
+        table = f"models.{name}"
+        what = f"[models.{name}]"
+        if not isinstance(spec, dict):
+            raise self.fail(f"{what} must be a table with 'path' or 'sample'", "models", name)
+        self.unknown_keys(spec, MODEL_KEYS, what, table)
+        if ("path" in spec) == ("sample" in spec):
+            raise self.fail(f"{what}: give exactly one of 'path' or 'sample'", table)
+        for key in ("path", "sample", "description"):
+            if key in spec and (not isinstance(spec[key], str) or not spec[key]):
+                raise self.fail(f"{what}: key '{key}' must be a non-empty string", table, key)
+        shapes = self.input_shapes(spec.get("input_shapes", {}), what, table)
+        if "sample" in spec:
+            samples = _sample_names()
+            if spec["sample"] not in samples:
+                raise self.fail(
+                    f"{what}: key 'sample': unknown sample model "
+                    f"'{spec['sample']}'; choose one of: {', '.join(samples)}",
+                    table,
+                    "sample",
+                )
+            if shapes:
+                raise self.fail(
+                    f"{what}: key 'input_shapes': sample models have fixed shapes; remove it",
+                    table,
+                    "input_shapes",
+                )
+            return ModelRef(name, sample=spec["sample"])
+        path = self.base_dir / spec["path"]
+        if not path.is_file():
+            raise self.fail(f"{what}: key 'path': model file not found: {path}", table, "path")
+        self.check_dynamic_inputs(path, shapes, what, table)
+        return ModelRef(name, path=str(path), input_shapes=shapes)
+
+    def input_shapes(self, raw: Any, what: str, table: str) -> dict[str, tuple[int, ...]]:
+        if not isinstance(raw, dict):
+            raise self.fail(
+                f"{what}: key 'input_shapes' must be a table like {{ input = [1, 3, 224, 224] }}",
+                table,
+                "input_shapes",
+            )
+        shapes = {}
+        for name, dims in raw.items():
+            if not (isinstance(dims, list) and dims and all(_is_int(d) and d > 0 for d in dims)):
+                raise self.fail(
+                    f"{what}: key 'input_shapes.{name}' must be a list of "
+                    f"positive integers, got {dims!r}",
+                    table,
+                    "input_shapes",
+                )
+            shapes[name] = tuple(dims)
+        return shapes
+
+    def check_dynamic_inputs(self, path: Path, shapes: dict, what: str, table: str) -> None:
+        """A model with symbolic input dimensions needs input_shapes to be tuned."""
+        if path.suffix != ".onnx":
+            return
+        try:
+            import onnx
+
+            graph = onnx.load(str(path), load_external_data=False).graph
+        except Exception as exc:  # noqa: BLE001 - any unreadable model is a schema error
+            raise self.fail(
+                f"{what}: key 'path': cannot read ONNX model {path}: {exc}", table, "path"
+            ) from None
+        initialisers = {i.name for i in graph.initializer}
+        for inp in graph.input:
+            if inp.name in initialisers or inp.name in shapes:
+                continue
+            dims = inp.type.tensor_type.shape.dim
+            if any(not d.HasField("dim_value") for d in dims):
+                raise self.fail(
+                    f"{what}: input '{inp.name}' has dynamic dimensions; give "
+                    f"input_shapes = {{ {inp.name} = [...] }}",
+                    table,
+                    "path",
+                )
+
+    def experiment(
+        self, index: int, raw: dict, defaults: dict, models: dict[str, ModelRef]
+    ) -> Experiment:
+        name = raw.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise self.fail(
+                f"experiment #{index + 1}: key 'name' is required: a string of "
+                "letters, digits, '_', '.', '-'",
+                "experiment",
+                "name",
+                index,
+            )
+        what = f"experiment '{name}'"
+        self.unknown_keys(raw, EXPERIMENT_KEYS, what, "experiment", index)
+        # An experiment that names its workload replaces both workload keys of [defaults].
+        inherited = {
+            k: v
+            for k, v in defaults.items()
+            if not (k in ("models", "mock") and ("models" in raw or "mock" in raw))
+        }
+        merged = {**BUILTIN_DEFAULTS, **inherited, **raw}
+
+        def where(key: str) -> tuple[str, str | None, int]:
+            return ("experiment", key, index) if key in raw else ("defaults", key, 0)
+
+        def axis(key: str, kind: type, check, need: str) -> tuple:
+            value = merged[key]
+            values = value if isinstance(value, list) else [value]
+            if isinstance(value, list) and not value:
+                raise self.fail(
+                    f"{what}: key '{key}' is an empty list, so the matrix is "
+                    "empty; give at least one value",
+                    *where(key),
+                )
+            for item in values:
+                ok = _is_int(item) if kind is int else isinstance(item, kind)
+                if not ok or not check(item):
+                    raise self.fail(
+                        f"{what}: key '{key}' must be {need} (or a list of them), got {item!r}",
+                        *where(key),
+                    )
+            return tuple(values)
+
+        positive = (int, lambda v: v > 0, "a positive integer")
+        target = axis("target", str, bool, "a non-empty target name such as 'llvm'")
+        trials = axis("trials", *positive)
+        per_round = axis("per_round", *positive)
+        jobs = axis("jobs", *positive)
+        seed = axis("seed", int, lambda v: v >= 0, "a non-negative integer")
+        strategies = axis(
+            "strategy",
+            str,
+            lambda v: v in {s.value for s in Strategy},
+            f"one of {', '.join(s.value for s in Strategy)}",
+        )
+        repeats = merged["repeats"]
+        if not _is_int(repeats) or repeats <= 0:
+            raise self.fail(
+                f"{what}: key 'repeats' must be a positive integer, got {repeats!r}",
+                *where("repeats"),
+            )
+        baselines = merged["baselines"]
+        allowed = {b.value for b in Baseline}
+        if not isinstance(baselines, list) or any(b not in allowed for b in baselines):
+            raise self.fail(
+                f"{what}: key 'baselines' must be a list drawn from "
+                f"{', '.join(sorted(allowed))}, got {baselines!r}",
+                *where("baselines"),
+            )
+        timeout = merged["timeout"]
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise self.fail(
+                f"{what}: key 'timeout' must be a positive number of seconds, got {timeout!r}",
+                *where("timeout"),
+            )
+        mixes, mocks = self.workload(what, merged, where, models)
+        return Experiment(
+            name=name,
+            description=str(raw.get("description", "")),
+            mixes=mixes,
+            mock=mocks,
+            target=target,
+            trials=trials,
+            per_round=per_round,
+            strategy=tuple(Strategy(s) for s in strategies),
+            jobs=jobs,
+            repeats=repeats,
+            seed=seed,
+            baselines=tuple(Baseline(b) for b in baselines),
+            timeout=float(timeout) if timeout is not None else None,
+        )
+
+    def workload(self, what: str, merged: dict, where, models: dict[str, ModelRef]):
+        has_models, has_mock = "models" in merged, "mock" in merged
+        if has_models == has_mock:
+            raise self.fail(
+                f"{what}: give exactly one of 'models' (model names, sample "
+                "names or paths) or 'mock' (a MockJob spec)",
+                *where("name"),
+            )
+        if has_mock:
+            value = merged["mock"]
+            specs = value if isinstance(value, list) else [value]
+            if not specs:
+                raise self.fail(
+                    f"{what}: key 'mock' is an empty list, so the matrix is empty", *where("mock")
+                )
+            for spec in specs:
+                problem = mock_problem(spec)
+                if problem:
+                    raise self.fail(f"{what}: key 'mock': {problem}", *where("mock"))
+            return (), tuple(specs)
+        value = merged["models"]
+        if not isinstance(value, list) or not value:
+            raise self.fail(
+                f"{what}: key 'models' must be a non-empty list of model names, "
+                "or a list of such lists (one mix per point)",
+                *where("models"),
+            )
+        nested = [isinstance(v, list) for v in value]
+        if any(nested) and not all(nested):
+            raise self.fail(
+                f"{what}: key 'models' mixes names and lists; use either "
+                '["a", "b"] (one mix) or [["a"], ["b"]] (an axis of '
+                "mixes)",
+                *where("models"),
+            )
+        mixes = value if all(nested) else [value]
+        resolved = []
+        for mix in mixes:
+            if not mix:
+                raise self.fail(
+                    f"{what}: key 'models' holds an empty list, so the matrix is empty",
+                    *where("models"),
+                )
+            resolved.append(tuple(self.model_ref(what, ref, where, models) for ref in mix))
+        return tuple(resolved), ()
+
+    def model_ref(self, what: str, ref: Any, where, models: dict[str, ModelRef]) -> ModelRef:
+        if not isinstance(ref, str) or not ref:
+            raise self.fail(
+                f"{what}: key 'models': each model must be a non-empty string, got {ref!r}",
+                *where("models"),
+            )
+        if ref in models:
+            return models[ref]
+        if ref in _sample_names():
+            return ModelRef(ref, sample=ref)
+        path = self.base_dir / ref
+        if path.is_file():
+            self.check_dynamic_inputs(path, {}, what, "experiment")
+            return ModelRef(ref, path=str(path))
+        raise self.fail(
+            f"{what}: key 'models': model '{ref}' not found: it is not a "
+            f"[models] entry, a sample ({', '.join(_sample_names())}) or an "
+            f"existing file ({path})",
+            *where("models"),
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _sample_names() -> list[str]:
+    from simpletvm.samples import SAMPLES
+
+    return list(SAMPLES)
