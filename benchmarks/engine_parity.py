@@ -50,9 +50,21 @@ else:
     target = spec.tvm_target()
     work_dir = tempfile.mkdtemp()
     fused = m.fuse_for_tuning(mod, target)
-    database = tune_relax(fused, {}, target, work_dir, trials, num_trials_per_iter=per_round,
-                          seed=seed, builder=ms.builder.LocalBuilder(max_workers=threads))
+    with ms.Profiler() as profiler:
+        database = tune_relax(fused, {}, target, work_dir, trials,
+                              num_trials_per_iter=per_round, seed=seed,
+                              builder=ms.builder.LocalBuilder(max_workers=threads))
     tuning = time.perf_counter() - start
+    # TVM's own profiler names for the same stages (seconds, summed over rounds)
+    timings = {k: float(v) for k, v in profiler.get().items()}
+    # outermost scopes only: "A/B/C" is inside "A/B" when both are listed
+    top = [k for k in timings if not any(k != o and k.startswith(o + "/") for o in timings)]
+    prefixes = {"search": ("EvoSearch/",), "build": ("SendToBuilder",),
+                "measure": ("SendToRunner", "JoinRunnerFutures"),
+                "update": ("MeasureCallback/",), "prepare": ("InitializeTask",)}
+    stage_seconds = {k: sum(timings[n] for n in top if n.startswith(p))
+                     for k, p in prefixes.items()}
+    stage_seconds["profiler"] = timings
     executable = compile_relax(database, mod, target, params=None)
 stats = bench.bench_tvm(executable, "cpu", m.random_inputs(inputs, seed=seed))
 print("RESULT " + json.dumps({"side": side, "tuning_seconds": tuning,

@@ -16,7 +16,8 @@ from typing import Any
 from .analysis import makespan as _makespan
 from .analysis import resource_intervals
 from .analysis import utilisation as _utilisation
-from .jobs import mock_spec, tvm_spec
+from .devices import check_kind, check_name, device_rpc
+from .jobs import mock_spec, parse_duration, split_specs, tvm_spec
 from .models import JobKind, JobState
 from .paths import ensure_private_dir, log_file, pid_file, resolve_db
 from .pidfile import running_pid
@@ -140,8 +141,20 @@ def submit(
     priority: int = 0,
     output: str | None = None,
     tuning_db: str | None = None,
+    device_kind: str | None = None,
+    sla_ms: float | None = None,
+    deadline: float | str | None = None,
+    options: dict[str, Any] | None = None,
+    split: int | None = None,
 ) -> int:
-    """Queue a job (works while the daemon is down: the job waits); returns its id."""
+    """Queue a job (works while the daemon is down: the job waits); returns its id.
+
+    ``device_kind`` measures on remote devices of that kind (``sched device add``);
+    ``sla_ms`` makes an SLA job (``trials`` is then its budget), ``deadline`` is seconds
+    or a duration such as ``30m``; ``options`` sets extra TuningOptions (``TUNING_OPTIONS``).
+    ``split=N`` queues N sub-jobs (task index modulo N, ``trials / N`` each, one shared
+    tuning database) and returns the parent, which builds the artifact after them all.
+    """
     if (mock is None) == (model is None):
         raise ValueError("give exactly one of a MODEL path or --mock SPEC")
     if mock is not None:
@@ -156,10 +169,20 @@ def submit(
             seed=seed,
             output=output,
             tuning_db=tuning_db,
+            device_kind=device_kind,
+            sla_ms=sla_ms,
+            deadline_seconds=parse_duration(str(deadline)) if deadline is not None else None,
+            options=options,
         )
         kind = JobKind.TVM
     registry = Registry(resolve_db(db_path))
     try:
+        if split is not None:
+            parent, parts = split_specs(spec, split, sla=sla_ms is not None, mock=mock)
+            name = name or Path(spec["model"]).stem
+            return registry.submit_split(
+                kind.value, parent, parts, name=name, priority=priority, device_kind=device_kind
+            )[0]
         return registry.submit(
             kind.value, spec, name=name, priority=priority, device_kind=device_kind
         )
@@ -245,3 +268,38 @@ def utilisation(db_path: str | os.PathLike[str] | None) -> dict[str, dict]:
 def makespan(db_path: str | os.PathLike[str] | None) -> float:
     """Seconds from the first stage start to the last stage end."""
     return _makespan(events(db_path))
+
+
+def add_device(
+    db_path: str | os.PathLike[str] | None,
+    name: str,
+    *,
+    tracker: str | None = None,
+    key: str | None = None,
+    server: str | None = None,
+    kind: str = "rpc",
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Register a remote RPC server as an exclusive device of ``kind``; returns its row."""
+    rpc = device_rpc(tracker=tracker, key=key, server=server, timeout=timeout)
+    name, kind = check_name(name), check_kind(kind)
+    return _with_registry(db_path, lambda r: (r.add_device(name, kind, rpc), _device(r, name))[1])
+
+
+def _device(registry: Registry, name: str) -> dict[str, Any]:
+    return next(d for d in registry.devices() if d["name"] == name)
+
+
+def devices(db_path: str | os.PathLike[str] | None) -> list[dict[str, Any]]:
+    """Remote devices with their address, kind, state (up or down, why) and holder."""
+
+    def rows(registry: Registry) -> list[dict[str, Any]]:
+        held = {n: lease.job_id for lease in registry.active_leases() for n in lease.resources}
+        return [{**d, "held_by": held.get(d["name"])} for d in registry.devices()]
+
+    return _with_registry(db_path, rows)
+
+
+def remove_device(db_path: str | os.PathLike[str] | None, name: str) -> None:
+    """Forget a remote device (refused while a stage holds it)."""
+    _with_registry(db_path, lambda r: r.remove_device(name))

@@ -161,6 +161,38 @@ def submit(
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
     name: Annotated[str | None, typer.Option(help="A name shown in listings.")] = None,
     output: Annotated[str | None, typer.Option(help="Where to export the tuned module.")] = None,
+    device_kind: Annotated[
+        str | None,
+        typer.Option(
+            help="Measure on remote devices of this kind (see sched device add); each measure "
+            "stage is granted one server of it."
+        ),
+    ] = None,
+    sla_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="SLA job: stop as soon as the whole model runs in this many ms (zero trials if "
+            "the tuning database already meets it)."
+        ),
+    ] = None,
+    max_trials: Annotated[
+        int | None, typer.Option(help="An SLA job's trial budget (replaces --trials).")
+    ] = None,
+    deadline: Annotated[
+        str | None,
+        typer.Option(help="An SLA job's time limit from its start: 90s, 30m, 2h, 1h30m."),
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra tuning option NAME=NUMBER, repeatable (e.g. population_size=32)."),
+    ] = None,
+    split: Annotated[
+        int | None,
+        typer.Option(
+            help="Split the model at the task level into N sub-jobs sharing one tuning "
+            "database; the parent builds the artifact once all have finished."
+        ),
+    ] = None,
     as_json: Json = False,
     db: Db = None,
 ) -> None:
@@ -171,12 +203,17 @@ def submit(
             mock=mock,
             model=model,
             target=target,
-            trials=trials,
+            trials=max_trials if max_trials is not None else trials,
             per_round=per_round,
             seed=seed,
             name=name,
             priority=priority,
             output=output,
+            device_kind=device_kind,
+            sla_ms=sla_ms,
+            deadline=deadline,
+            options=parse_options(option),
+            split=split,
         )
     if as_json:
         emit({"id": job_id})
@@ -184,6 +221,21 @@ def submit(
     console.print(f"submitted job {job_id}")
     if api.daemon_pid(db) is None:
         console.print("no daemon runs yet: the job waits; start one with: sched start")
+
+
+def parse_options(items: list[str] | None) -> dict[str, float | int]:
+    """``NAME=NUMBER`` pairs (ValueError for anything else)."""
+    options: dict[str, float | int] = {}
+    for item in items or []:
+        name, sep, raw = item.partition("=")
+        try:
+            value: float | int = float(raw) if "." in raw or "e" in raw.lower() else int(raw)
+        except ValueError:
+            value = None  # type: ignore[assignment]
+        if not sep or value is None:
+            raise ValueError(f"--option {item!r} is not NAME=NUMBER (e.g. population_size=32)")
+        options[name.strip()] = value
+    return options
 
 
 @app.command()
@@ -277,6 +329,66 @@ def strategy(
         chosen = api.set_strategy(db, name)
     running = api.daemon_pid(db) is not None
     console.print(f"strategy {chosen}" + ("" if running else " (applies when a daemon starts)"))
+
+
+device_app = typer.Typer(
+    help="Remote devices: TVM RPC servers the scheduler assigns to measure stages.",
+    no_args_is_help=True,
+)
+app.add_typer(device_app, name="device")
+
+
+@device_app.command("add")
+def device_add(
+    name: Annotated[str, typer.Argument(help="A unique name for this server (e.g. rk3399-a).")],
+    tracker: Annotated[
+        str | None, typer.Option(help="The RPC tracker HOST:PORT the server registers with.")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="With --tracker: the key only this server registers under.")
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option(help="Or the server's own HOST:PORT, reached directly.")
+    ] = None,
+    kind: Annotated[
+        str, typer.Option(help="The device kind jobs ask for with --device-kind.")
+    ] = "rpc",
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds an RPC session may take (default 30).")
+    ] = None,
+    as_json: Json = False,
+    db: Db = None,
+) -> None:
+    """Register one RPC server as an exclusive device (a running daemon sees it at once)."""
+    with errors():
+        device = api.add_device(
+            db, name, tracker=tracker, key=key, server=server, kind=kind, timeout=timeout
+        )
+    if as_json:
+        emit(device)
+    else:
+        console.print(f"added device {name} ({render.rpc_address(device['rpc'])}), kind {kind}")
+
+
+@device_app.command("list")
+def device_list(as_json: Json = False, db: Db = None) -> None:
+    """Remote devices: kind, address, up or down (and why), and which job holds each."""
+    found = api.devices(db)
+    if as_json:
+        emit(found)
+    else:
+        console.print(render.devices_table(found))
+
+
+@device_app.command("remove")
+def device_remove(
+    name: Annotated[str, typer.Argument(help="The device's name (see sched device list).")],
+    db: Db = None,
+) -> None:
+    """Forget a remote device; refused while a stage measures on it."""
+    with errors():
+        api.remove_device(db, name)
+    console.print(f"removed device {name}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,9 +21,10 @@ from pathlib import Path
 import psutil
 
 from . import runner
+from .devices import backoff, probe
 from .dispatch import Dispatcher
 from .jobs import preload
-from .models import JobKind, Resource
+from .models import JobKind, Resource, ResourceKind
 from .paths import log_file, pid_file, resolve_db, runner_log_dir
 from .pidfile import PidFile
 from .registry import Registry
@@ -51,6 +52,8 @@ class DaemonConfig:
     heartbeat_timeout: float = 10.0  # a lease silent this long gets its runner killed
     stop_timeout: float = 30.0  # how long a graceful stop lets running stages finish
     preload: list[str] = field(default_factory=list)
+    probe_backoff: float = 2.0  # seconds before a down remote device is probed again ...
+    probe_backoff_max: float = 120.0  # ... doubling after each failed probe, up to this
 
 
 class AlreadyRunning(RuntimeError):
@@ -81,7 +84,7 @@ class Daemon:
         os.set_blocking(self._wake_w, False)
         if self.config.resources is not None:
             self.registry.replace_resources(self.config.resources)
-        elif not self.registry.resources():
+        elif not any(r.kind is not ResourceKind.REMOTE for r in self.registry.resources().values()):
             self.registry.replace_resources(detect())
         if self.config.strategy is not None:
             get_strategy(self.config.strategy)
@@ -135,6 +138,7 @@ class Daemon:
             self._check_adopted(now)
             self._kill_silent(now)
             self._cancel_flagged(now)
+            self._probe_devices(now)
         if self.stopping:
             if self.stop_deadline is None:
                 self.stop_deadline = now + self.config.stop_timeout
@@ -311,6 +315,18 @@ class Daemon:
                 )
             self._kill(found)
             self._gone(found, f"heartbeat stopped for {now - lease['heartbeat_at']:.1f} s", now=now)
+
+    def _probe_devices(self, now: float) -> None:
+        """Probe each down remote device whose backoff has passed; mark it up if it answers."""
+        for device in self.registry.devices_to_probe(now):
+            reason = probe(device["rpc"])
+            wait = backoff(
+                device["failures"], first=self.config.probe_backoff,
+                limit=self.config.probe_backoff_max,
+            )  # fmt: skip
+            self.registry.device_probed(device["name"], reason, backoff=wait, now=now)
+            if reason is None:
+                print(f"remote device {device['name']} answers again", flush=True)
 
     def _cancel_flagged(self, now: float) -> None:
         for job in self.registry.running_jobs():

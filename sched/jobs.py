@@ -2,12 +2,57 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
+from .devices import REMOTE_STAGES, is_remote, job_device_kind
 from .mockjob import MockJob, MockSpec
 from .models import JobKind
 from .resources import device_kind_for_mock, device_kind_for_target
+
+# TuningOptions fields a submission may set besides trials/per_round/seed (tests and
+# benchmarks shrink the evolutionary search with them; values must be numbers)
+TUNING_OPTIONS = (
+    "population_size", "init_min_unmeasured", "genetic_num_iters", "number", "repeat",
+    "min_repeat_ms", "builder_workers", "search_threads", "evaluate_every",
+    "max_trials_per_task", "runner_timeout", "builder_timeout",
+)  # fmt: skip
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s``, ``30m``, ``2h``, ``1h30m`` or a bare number of seconds."""
+    raw = text.strip().lower()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = None
+    if seconds is None:
+        parts = _DURATION.findall(raw)
+        if not parts or "".join(f"{n}{u}" for n, u in parts) != raw.replace(" ", ""):
+            raise ValueError(
+                f"duration {text!r} is not like 90s, 30m, 2h or 1h30m; give a number and a unit"
+            ) from None
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"duration {text!r} must be positive")
+    return seconds
+
+
+def check_tuning_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Validated extra TuningOptions (ValueError names the unknown field or bad value)."""
+    checked: dict[str, Any] = {}
+    for name, value in (options or {}).items():
+        if name not in TUNING_OPTIONS:
+            raise ValueError(
+                f"unknown tuning option {name!r}; choose from {', '.join(TUNING_OPTIONS)}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"tuning option {name} must be a number >= 0, got {value!r}")
+        checked[name] = value
+    return checked
 
 
 def mock_spec(text: str) -> tuple[dict[str, Any], str | None]:
@@ -25,7 +70,12 @@ def tvm_spec(
     seed: int = 0,
     output: str | None = None,
     tuning_db: str | None = None,
+    device_kind: str | None = None,
+    sla_ms: float | None = None,
+    deadline_seconds: float | None = None,
+    options: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str | None]:
+    """The spec of a TVM job; ``device_kind`` names a kind of remote devices to measure on."""
     path = Path(model).expanduser()
     if not path.is_file():
         raise ValueError(f"model {model!r} does not exist; give the path of an .onnx file")
@@ -33,6 +83,14 @@ def tvm_spec(
         raise ValueError("--trials and --per-round must be at least 1")
     if not target.strip():
         raise ValueError("--target must not be empty (e.g. llvm or cuda)")
+    if sla_ms is not None and not sla_ms > 0:
+        raise ValueError(f"--sla-ms must be positive, got {sla_ms}")
+    if deadline_seconds is not None and sla_ms is None:
+        raise ValueError("--deadline goes with --sla-ms (a latency target to tune towards)")
+    if deadline_seconds is not None and not deadline_seconds > 0:
+        raise ValueError(f"--deadline must be positive, got {deadline_seconds}")
+    extra = check_tuning_options(options)
+    remote = job_device_kind(device_kind) if device_kind else None
     spec = {
         "model": str(path.resolve()),
         "target": target,
@@ -42,7 +100,44 @@ def tvm_spec(
         "output": str(Path(output).resolve()) if output else None,
         "tuning_db": str(Path(tuning_db).resolve()) if tuning_db else None,
     }
-    return spec, device_kind_for_target(target)
+    if sla_ms is not None:
+        spec.update(sla_ms=float(sla_ms), deadline_seconds=deadline_seconds)
+    if extra:
+        spec["options"] = extra
+    return spec, remote or device_kind_for_target(target)
+
+
+def split_specs(
+    spec: dict[str, Any], parts: int, *, sla: bool = False, mock: str | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A parent spec (no tuning: it builds the artifact from the shared records) and
+    ``parts`` sub-job specs, each tuning the tasks whose index is ``k`` modulo ``parts``."""
+    if mock is not None:
+        raise ValueError("--split applies to TVM jobs, not --mock ones")
+    if sla:
+        raise ValueError("--split does not combine with --sla-ms yet; give one or the other")
+    if parts < 2:
+        raise ValueError(f"--split must be at least 2, got {parts}")
+    share = -(-spec["trials"] // parts)  # ceil: each sub-job's part of the budget
+    children = [
+        {**spec, "trials": share, "task_split": [k, parts], "output": None} for k in range(parts)
+    ]
+    return {**spec, "trials": 0, "split": parts}, children
+
+
+def stage_info(row: dict[str, Any], request: Any) -> dict[str, Any]:
+    """The request's info, plus where a remote job's local device stages measure.
+
+    Only the stages in ``REMOTE_STAGES`` run through the grant's RPC server; a remote
+    job's other device stages (evaluate, finalize) build and time the model on the
+    scheduler's host, so they ask for the local device of the target instead.
+    """
+    info = dict(request.info or {})
+    kind = request.kind.value if hasattr(request.kind, "value") else str(request.kind)
+    if is_remote(row.get("device_kind")) and kind not in REMOTE_STAGES:
+        if request.needs.get("device"):
+            info["device_kind"] = device_kind_for_target(row["spec"].get("target", "llvm"))
+    return info
 
 
 def job_dir(db_path: Path, job_id: int) -> Path:
@@ -59,13 +154,27 @@ def build_job(row: dict[str, Any], *, db_path: Path) -> Any:
     work = job_dir(db_path, row["id"])
     work.mkdir(parents=True, exist_ok=True)
     output = spec.get("output") or str(work / f"{Path(spec['model']).stem}.so")
+    tuning_db = spec.get("tuning_db") or str(work / "tuning.db")
+    only_tasks = None
+    if row.get("parent_id") is not None:  # a sub-job: the parent's database, its tasks
+        shared = job_dir(db_path, row["parent_id"])
+        shared.mkdir(parents=True, exist_ok=True)
+        tuning_db = spec.get("tuning_db") or str(shared / "tuning.db")
+        k, parts = spec["task_split"]
+        only_tasks = range(k, sys.maxsize, parts)  # task index modulo parts, any count
     return TuningJob.from_model(
         spec["model"],
         target=spec["target"],
         options=TuningOptions(
-            trials=spec["trials"], per_round=spec["per_round"], seed=spec["seed"]
+            trials=spec["trials"],
+            per_round=spec["per_round"],
+            seed=spec["seed"],
+            sla_ms=spec.get("sla_ms"),
+            deadline_seconds=spec.get("deadline_seconds"),
+            only_tasks=only_tasks,
+            **spec.get("options", {}),
         ),
-        db_path=spec.get("tuning_db") or str(work / "tuning.db"),
+        db_path=tuning_db,
         output=output,
         # records carry the job's tag: a restarted runner resumes its budget from them
         job_tag=f"{db_path.resolve()}#job-{row['id']}",

@@ -24,6 +24,7 @@ class RequestState(StrEnum):
     GRANTED = "granted"
     DONE = "done"
     ABANDONED = "abandoned"
+    RETRIED = "retried"  # its remote device failed; a new request asks again
 
 
 class LeaseState(StrEnum):
@@ -49,13 +50,18 @@ class EventKind(StrEnum):
     DAEMON_START = "daemon_start"
     DAEMON_STOP = "daemon_stop"
     STRATEGY = "strategy"
+    DEVICE_ADD = "device_add"
+    DEVICE_REMOVE = "device_remove"
+    DEVICE_DOWN = "device_down"
+    DEVICE_UP = "device_up"
 
 
 class ResourceKind(StrEnum):
     CPU = "cpu"  # a pool of cpu slots, shared up to its capacity
     GPU = "gpu"  # an exclusive accelerator
     CPU_DEVICE = "cpu-device"  # the cores a CPU target is measured on, exclusive
-    DEVICE = "device"  # any other exclusive measurement device (e.g. an RPC key)
+    DEVICE = "device"  # any other exclusive measurement device
+    REMOTE = "remote"  # one TVM RPC server (direct address, or a tracker and its key)
 
 
 class JobKind(StrEnum):
@@ -69,6 +75,25 @@ class Resource:
     kind: ResourceKind
     capacity: int
     exclusive: bool
+    # remote devices only: the kind jobs ask for, the RPC address, and why it is down
+    group: str | None = None
+    rpc: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    down: str | None = None
+
+    @property
+    def device_kind(self) -> str:
+        """What a job's ``device_kind`` must be to measure on this resource."""
+        if self.kind is ResourceKind.REMOTE:
+            return remote_kind(self.group or "")
+        return self.kind.value
+
+
+REMOTE_PREFIX = "remote:"
+
+
+def remote_kind(group: str) -> str:
+    """A job's device kind for remote devices of ``group`` (kept apart from local kinds)."""
+    return f"{REMOTE_PREFIX}{group}"
 
 
 @dataclass(frozen=True)

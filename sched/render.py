@@ -19,13 +19,29 @@ def _latency(value: float | None) -> str:
     return f"{value:.3f} ms" if value is not None else "-"
 
 
+def sla_text(sla: dict[str, Any] | None) -> str:
+    """``target 1.000 ms, best 0.800 ms (met), trend 1.2 > 0.9 > 0.8``."""
+    if not sla:
+        return "-"
+    text = f"target {_latency(sla['sla_ms'])}, best {_latency(sla['best_ms'])}"
+    if sla["met"] is not None:
+        text += " (met)" if sla["met"] else " (not met)"
+    if sla["trend"]:
+        text += ", trend " + " > ".join(f"{v:.3g}" for v in sla["trend"])
+    if sla.get("stop_reason"):
+        text += f", stopped: {sla['stop_reason']}"
+    return text
+
+
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(title="jobs", title_justify="left")
-    for column in ("id", "name", "state", "stage", "reason", "progress", "best", "retries"):
+    with_sla = any(job.get("sla") for job in jobs)
+    columns = ["id", "name", "state", "stage", "reason", "progress", "best", "retries"]
+    for column in columns + (["sla"] if with_sla else []):
         table.add_column(column, overflow="fold")
     for job in jobs:
         reason = job.get("wait_reason") or job.get("error") or ""
-        table.add_row(
+        row = [
             str(job["id"]),
             str(job["name"]),
             str(job["state"]),
@@ -34,6 +50,36 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
             _progress(job),
             _latency(job.get("best_latency_ms")),
             str(job["retries"]),
+        ]
+        table.add_row(*row, *([sla_text(job.get("sla"))] if with_sla else []))
+    return table
+
+
+def rpc_address(rpc: dict[str, Any]) -> str:
+    if "server" in rpc:
+        return f"server {rpc['server']}"
+    return f"tracker {rpc['tracker']}, key {rpc['key']}"
+
+
+def devices_table(devices: list[dict[str, Any]]) -> Table | str:
+    if not devices:
+        return "no remote devices (add one with: sched device add NAME --server HOST:PORT)"
+    table = Table(title="remote devices", title_justify="left")
+    for column in ("name", "kind", "address", "state", "held by"):
+        table.add_column(column, overflow="fold")
+    for device in devices:
+        if device["up"]:
+            state = "up"
+        else:
+            since = dt.datetime.fromtimestamp(device["down_since"]).strftime("%H:%M:%S")
+            state = f"down since {since}: {device['down_reason']}"
+        held = device.get("held_by")
+        table.add_row(
+            device["name"],
+            device["kind"],
+            rpc_address(device["rpc"]),
+            state,
+            f"job {held}" if held else "-",
         )
     return table
 
@@ -54,8 +100,11 @@ def status_view(report: dict[str, Any]) -> Group:
             + (f" x{h['amount']}" if h["amount"] != 1 else "")
             for h in res["holders"]
         )
+        if res.get("down"):
+            held = f"DOWN: {res['down']}" + (f"; {held}" if held else "")
+        kind = f"remote:{res['device_kind']}" if res.get("device_kind") else res["kind"]
         resources.add_row(
-            res["name"], res["kind"], str(res["capacity"]), held or "idle", f"{res['busy']:.0%}"
+            res["name"], kind, str(res["capacity"]), held or "idle", f"{res['busy']:.0%}"
         )
     counts = ", ".join(f"{n} {s}" for s, n in report["counts"].items() if n)
     return Group(head, resources, jobs_table(report["jobs"]), counts or "no jobs")

@@ -50,6 +50,8 @@ def status(registry: Registry, *, now: float | None = None) -> dict[str, Any]:
                 "capacity": r.capacity,
                 "exclusive": r.exclusive,
                 "holders": holders.get(r.name, []),
+                "device_kind": r.group,
+                "down": r.down,
                 "busy": usage.get(r.name, {}).get("busy", 0.0),
             }
             for r in resources.values()
@@ -75,6 +77,33 @@ def job_summary(job: dict[str, Any]) -> dict[str, Any]:
         "best_latency_ms": job["best_latency_ms"],
         "retries": job["retries"],
         "error": job["error"],
+        "device_kind": job["device_kind"],
+        "parent_id": job.get("parent_id"),
+        "sla": sla_summary(job),
+    }
+
+
+def sla_summary(job: dict[str, Any]) -> dict[str, Any] | None:
+    """An SLA job's target, the best whole-model latency measured so far, and its trend."""
+    sla_ms = job["spec"].get("sla_ms")
+    if sla_ms is None:
+        return None
+    progress, result = job.get("progress") or {}, job.get("result") or {}
+    trend = list(progress.get("trend") or [])
+    best = result.get("best_ms")
+    if best is None and trend:
+        best = min(trend)
+    met = result.get("sla_met")
+    if met is None and best is not None:
+        met = best <= sla_ms
+    return {
+        "sla_ms": sla_ms,
+        "best_ms": best,
+        "model_ms": progress.get("model_ms"),
+        "trend": trend,
+        "met": met,
+        "stop_reason": result.get("stop_reason"),
+        "deadline_seconds": job["spec"].get("deadline_seconds"),
     }
 
 

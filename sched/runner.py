@@ -15,7 +15,9 @@ import time
 import traceback
 from pathlib import Path
 
-from .jobs import build_job
+from simpletvm.remote import DeviceUnavailable
+
+from .jobs import build_job, stage_info
 from .models import Fenced, JobState
 from .registry import Registry
 
@@ -121,7 +123,7 @@ def run(
             registry.finish_job(job_id, attempt, result=job.result())
             return EXIT_OK
         request_id = registry.request_stage(
-            job_id, attempt, index, request.kind.value, request.needs, request.info
+            job_id, attempt, index, request.kind.value, request.needs, stage_info(row, request)
         )
         notify(notify_fd)
         while True:
@@ -132,13 +134,21 @@ def run(
             beat.start()
             try:
                 outcome = job.run_stage(grant=grant)
+            except DeviceUnavailable as exc:
+                # The stage did not run: mark the server down, ask again for another one.
+                beat.stop()
+                device = (grant.get("rpc") or {}).get("name", exc.device)
+                request_id = registry.device_unavailable(epoch, device, exc.reason)
+                print(f"runner for job {job_id}: {exc}; stage re-queued", flush=True)
+                notify(notify_fd)
+                continue
             finally:
                 beat.stop()
             index += 1
             request = job.next_stage()
             follow = None
             if request is not None:
-                follow = (index, request.kind.value, request.needs, request.info)
+                follow = (index, request.kind.value, request.needs, stage_info(row, request))
             request_id = registry.complete_stage(
                 epoch,
                 seconds=outcome.seconds,

@@ -54,9 +54,17 @@ class Decision:
 
 
 def _matches(resource: Resource, device_kind: str | None) -> bool:
+    if resource.kind is ResourceKind.REMOTE:  # only for jobs that ask for its kind
+        return resource.device_kind == device_kind
     if resource.kind not in DEVICE_KINDS:
         return False
     return device_kind is None or resource.kind.value == device_kind
+
+
+def stage_device_kind(p: Pending) -> str | None:
+    """The device kind this stage measures on: the job's, unless the stage says otherwise
+    (a remote job's evaluate and finalize stages run on the scheduler's host)."""
+    return p.info.get("device_kind", p.device_kind)
 
 
 def wanted(
@@ -76,19 +84,25 @@ def wanted(
             return None, "no cpu resource is configured"
         want[pool.name] = min(cpus, pool.capacity)
     if p.needs.get("device", 0):
-        candidates = [r for r in snap.resources.values() if _matches(r, p.device_kind)]
+        device_kind = stage_device_kind(p)
+        candidates = [r for r in snap.resources.values() if _matches(r, device_kind)]
         if not candidates:
-            kind = p.device_kind or "measurement"
-            return None, f"no {kind} device is configured (add one with --resource)"
-        usable = [
-            r for r in candidates if not check or (free[r.name] >= 1 and r.name not in blocked)
-        ]
+            kind = device_kind or "measurement"
+            how = "sched device add" if kind.startswith("remote:") else "--resource"
+            return None, f"no {kind} device is configured (add one with {how})"
+        up = [r for r in candidates if r.down is None]
+        if not up:
+            down = "; ".join(f"{r.name}: {r.down}" for r in candidates)
+            return None, f"no {device_kind} device is up ({down})"
+        usable = [r for r in up if not check or (free[r.name] >= 1 and r.name not in blocked)]
         if not usable:
             holders = snap.holders()
             busy = ", ".join(
                 f"{r.name} held by job {holders[r.name][0]}"
                 if r.name in holders
                 else f"{r.name} reserved"
+                if r.down is None
+                else f"{r.name} down"
                 for r in candidates
             )
             return None, f"waiting for a device ({busy})"

@@ -62,6 +62,10 @@ class RemoteDevice:
             else:
                 host, port = _split(self.tracker)
                 tracker = rpc.connect_tracker(host, port)
+                # a request for a key no server holds waits forever: ask the summary first
+                servers = tracker.summary().get("server_info", [])
+                if not any(str(s.get("key", "")) == f"server:{self.key}" for s in servers):
+                    return f"no server registered under key {self.key} at {self.tracker}"
                 tracker.request(self.key, priority=1, session_timeout=timeout, max_retry=1)
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
             return str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else repr(exc)

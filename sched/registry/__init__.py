@@ -9,6 +9,7 @@ This package owns every SQL statement of ``sched``.  Rules it keeps:
 """
 
 from .base import BUSY_TIMEOUT_S, RegistryBase
+from .devices import DevicesMixin
 from .jobs import JobsMixin
 from .schema import MIGRATIONS
 from .stages import StagesMixin
@@ -16,5 +17,5 @@ from .stages import StagesMixin
 __all__ = ["BUSY_TIMEOUT_S", "MIGRATIONS", "Registry"]
 
 
-class Registry(JobsMixin, StagesMixin, RegistryBase):
+class Registry(JobsMixin, StagesMixin, DevicesMixin, RegistryBase):
     """All persistent state of one scheduler, in one SQLite file."""

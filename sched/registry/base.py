@@ -25,7 +25,7 @@ BUSY_TIMEOUT_S = 60.0
 _JOB_COLUMNS = (
     "id, name, kind, spec, priority, device_kind, state, submitted_at, started_at, "
     "finished_at, stage, wait_reason, progress, best_latency_ms, result, error, retries, "
-    "attempt, stages_done, runner_pid, runner_started, cancel_requested"
+    "attempt, stages_done, runner_pid, runner_started, cancel_requested, parent_id"
 )
 
 
@@ -162,13 +162,28 @@ class RegistryBase:
             self._event(conn, now, kind, detail={"pid": pid or os.getpid()})
 
     def replace_resources(self, resources: list[Resource]) -> None:
+        """Replace the local resources; remote devices (``sched device``) are kept."""
         with self._write() as conn:
-            conn.execute("DELETE FROM resources")
+            conn.execute("DELETE FROM resources WHERE kind != ?", (ResourceKind.REMOTE.value,))
             conn.executemany(
                 "INSERT INTO resources (name, kind, capacity, exclusive) VALUES (?, ?, ?, ?)",
                 [(r.name, r.kind.value, r.capacity, int(r.exclusive)) for r in resources],
             )
 
     def resources(self) -> dict[str, Resource]:
-        rows = self.conn.execute("SELECT name, kind, capacity, exclusive FROM resources")
-        return {r[0]: Resource(r[0], ResourceKind(r[1]), int(r[2]), bool(r[3])) for r in rows}
+        rows = self.conn.execute(
+            "SELECT name, kind, capacity, exclusive, device_group, rpc, down_reason"
+            " FROM resources ORDER BY rowid"
+        )
+        return {
+            r[0]: Resource(
+                r[0],
+                ResourceKind(r[1]),
+                int(r[2]),
+                bool(r[3]),
+                group=r[4],
+                rpc=json.loads(r[5]) if r[5] else None,
+                down=r[6],
+            )
+            for r in rows
+        }

@@ -47,6 +47,46 @@ class JobsMixin(RegistryBase):
             self._event(conn, now, EventKind.SUBMIT, job_id, detail={"kind": kind})
         return int(job_id)
 
+    def submit_split(
+        self,
+        kind: str,
+        spec: dict[str, Any],
+        parts: list[dict[str, Any]],
+        *,
+        name: str,
+        priority: int = 0,
+        device_kind: str | None = None,
+        now: float | None = None,
+    ) -> tuple[int, list[int]]:
+        """A parent job and its sub-jobs, in one transaction (no daemon sees half of it).
+
+        The parent stays queued, and is not started, until every sub-job has finished.
+        """
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            insert = (
+                "INSERT INTO jobs (name, kind, spec, priority, device_kind, state, submitted_at,"
+                " wait_reason, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+            )
+            waiting = f"waiting for its {len(parts)} sub-jobs to finish"
+            parent = conn.execute(
+                insert,
+                (name, kind, _dumps(spec), priority, device_kind, JobState.QUEUED.value, now,
+                 waiting, None),
+            ).fetchone()[0]  # fmt: skip
+            self._event(conn, now, EventKind.SUBMIT, parent, detail={"kind": kind})
+            children = []
+            for index, part in enumerate(parts, 1):
+                child = conn.execute(
+                    insert,
+                    (f"{name}/{index}of{len(parts)}", kind, _dumps(part), priority, device_kind,
+                     JobState.QUEUED.value, now, "waiting for the daemon to start a runner",
+                     parent),
+                ).fetchone()[0]  # fmt: skip
+                self._event(conn, now, EventKind.SUBMIT, child, detail={"parent": parent})
+                children.append(int(child))
+        return int(parent), children
+
     def job(self, job_id: int) -> dict[str, Any] | None:
         row = self.conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         found = row.fetchone()
@@ -63,28 +103,39 @@ class JobsMixin(RegistryBase):
         return {int(r[0]): JobState(r[1]) for r in rows}
 
     def cancel(self, job_id: int, *, now: float | None = None) -> JobState:
-        """Queued jobs are cancelled at once; a running one is flagged for the daemon."""
+        """Queued jobs are cancelled at once; a running one is flagged for the daemon.
+
+        Cancelling a split job cancels its unfinished sub-jobs too."""
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock
-            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise KeyError(f"no such job: {job_id}")
-            state = JobState(row[0])
-            if state is JobState.QUEUED:
-                conn.execute(
-                    "UPDATE jobs SET state = ?, finished_at = ?, wait_reason = NULL WHERE id = ?",
-                    (JobState.CANCELLED.value, now, job_id),
-                )
-                self._event(conn, now, EventKind.JOB_CANCELLED, job_id)
-                return JobState.CANCELLED
-            if state is JobState.RUNNING:
-                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-            return state
+            for (child,) in conn.execute(
+                "SELECT id FROM jobs WHERE parent_id = ? AND state IN ('queued', 'running')",
+                (job_id,),
+            ).fetchall():
+                self._cancel_one(conn, child, now)
+            return self._cancel_one(conn, job_id, now)
+
+    def _cancel_one(self, conn: sqlite3.Connection, job_id: int, now: float) -> JobState:
+        row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no such job: {job_id}")
+        state = JobState(row[0])
+        if state is JobState.QUEUED:
+            conn.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, wait_reason = NULL WHERE id = ?",
+                (JobState.CANCELLED.value, now, job_id),
+            )
+            self._event(conn, now, EventKind.JOB_CANCELLED, job_id)
+            return JobState.CANCELLED
+        if state is JobState.RUNNING:
+            conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        return state
 
     def queued_jobs(self, limit: int) -> list[dict[str, Any]]:
         rows = self.conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'queued' "
-            "ORDER BY priority DESC, id LIMIT ?",
+            f"SELECT {_JOB_COLUMNS} FROM jobs p WHERE state = 'queued' AND NOT EXISTS"
+            " (SELECT 1 FROM jobs c WHERE c.parent_id = p.id AND c.state IN"
+            " ('queued', 'running')) ORDER BY priority DESC, id LIMIT ?",
             (limit,),
         )
         return [_job_dict(r) for r in rows]

@@ -46,4 +46,26 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 PRIMARY KEY (job_id, kind))""",
         ],
     ),
+    (
+        "remote_devices",
+        [
+            # a remote device: its group (the kind jobs ask for), its RPC address as JSON,
+            # and, while it does not answer, why, since when and when to probe it again
+            "ALTER TABLE resources ADD COLUMN device_group TEXT",
+            "ALTER TABLE resources ADD COLUMN rpc TEXT",
+            "ALTER TABLE resources ADD COLUMN down_reason TEXT",
+            "ALTER TABLE resources ADD COLUMN down_since REAL",
+            "ALTER TABLE resources ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE resources ADD COLUMN retry_at REAL",
+        ],
+    ),
+    (
+        "job_parents",
+        [
+            # a model split at the task level: sub-jobs point at the parent job that
+            # builds the final artifact once all of them have finished
+            "ALTER TABLE jobs ADD COLUMN parent_id INTEGER REFERENCES jobs(id)",
+            "CREATE INDEX jobs_parent ON jobs(parent_id)",
+        ],
+    ),
 ]

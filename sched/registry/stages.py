@@ -85,7 +85,11 @@ class StagesMixin(RegistryBase):
             raise Fenced(f"request {request_id} was abandoned")
         if row[0] == RequestState.PENDING.value:
             return None
-        return {"epoch": int(row[1]), "resources": json.loads(row[2])}
+        grant = {"epoch": int(row[1]), "resources": json.loads(row[2])}
+        rpc = self.rpc_of(list(grant["resources"]))
+        if rpc is not None:  # a remote device: the stage measures on exactly that server
+            grant["rpc"] = rpc
+        return grant
 
     def grant(
         self,
@@ -219,6 +223,12 @@ class StagesMixin(RegistryBase):
             if recorded_start is None:
                 self._event(conn, start, EventKind.START, job_id, kind, epoch, resources)
             conn.execute("UPDATE requests SET state = 'done' WHERE id = ?", (request_id,))
+            if resources:  # a remote device that served a stage has no failures pending
+                marks = ",".join("?" * len(resources))
+                conn.execute(
+                    f"UPDATE resources SET failures = 0 WHERE name IN ({marks}) AND failures > 0",
+                    list(resources),
+                )
             conn.execute(
                 "UPDATE jobs SET stages_done = stages_done + 1, progress = ?,"
                 " best_latency_ms = COALESCE(?, best_latency_ms), stage = NULL,"
