@@ -162,7 +162,11 @@ class TuningJob:
             StageKind.EVALUATE: {CPU: 1, DEVICE: 1},
             StageKind.FINALIZE: {CPU: 1, DEVICE: 1},
         }[self._next]
-        info = {"target": self.target.kind}
+        rounds_done = sum(t.rounds for t in self._tasks)
+        info = {"target": self.target.kind,
+                # round hints: the predictive strategy estimates remaining work from them
+                "round": rounds_done + 1,
+                "rounds": max(rounds_done + 1, -(-opts.trials // opts.per_round))}
         if self._round is not None:
             info.update(task=self._round.task.name, candidates=len(self._round.candidates))
         return StageRequest(self._next, needs, info)

@@ -61,15 +61,28 @@ class RemoteDevice:
                 rpc.connect(host, port, session_timeout=timeout)
             else:
                 host, port = _split(self.tracker)
-                tracker = rpc.connect_tracker(host, port)
-                # a request for a key no server holds waits forever: ask the summary first
-                servers = tracker.summary().get("server_info", [])
-                if not any(str(s.get("key", "")) == f"server:{self.key}" for s in servers):
-                    return f"no server registered under key {self.key} at {self.tracker}"
-                tracker.request(self.key, priority=1, session_timeout=timeout, max_retry=1)
+                request_by_key(host, port, self.key, wait=timeout, session_timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
             return str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else repr(exc)
         return None
+
+
+def request_by_key(host: str, port: int, key: str, *, wait: float, session_timeout: float):
+    """A session on the server registered under ``key``, or an error within ``wait`` s.
+
+    TVM's tracker holds a request for a key no server holds until one appears, and
+    ``RPCRunner`` puts no timeout on its workers, so a dead keyed server would hang the
+    measure stage for ever: refuse at once when the summary lacks the key, and bound
+    the wait for a match otherwise.
+    """
+    from tvm import rpc
+
+    tracker = rpc.connect_tracker(host, port)
+    servers = tracker.summary().get("server_info", [])
+    if not any(str(s.get("key", "")) == f"server:{key}" for s in servers):
+        raise RuntimeError(f"no server registered under key {key} at {host}:{port}")
+    tracker._sock.settimeout(wait)  # noqa: SLF001 - TrackerSession has no timeout option
+    return tracker.request(key, priority=1, session_timeout=session_timeout, max_retry=1)
 
 
 def _create_session(rpc_config):
@@ -79,7 +92,9 @@ def _create_session(rpc_config):
     if rpc_config.tracker_key == "direct":
         return rpc.connect(rpc_config.tracker_host, rpc_config.tracker_port,
                            session_timeout=rpc_config.session_timeout_sec)
-    return rpc_config.connect_server()
+    return request_by_key(rpc_config.tracker_host, rpc_config.tracker_port,
+                          rpc_config.tracker_key, wait=rpc_config.session_timeout_sec,
+                          session_timeout=rpc_config.session_timeout_sec)
 
 
 def make_rpc_runner(device: RemoteDevice, evaluator_config):

@@ -279,9 +279,11 @@ def test_tuning_across_two_servers_survives_losing_one(db, tiny_model, capsys):
             for seed in (1, 2)
         ]
         registry = Registry(db)
-        first = _wait_for(lambda: _measure_ends(registry), timeout=120)[0]
-        killed = next(iter(first["resources"]))
-        stop(servers[killed])  # the server that measured first: the next measure goes there
+        # box-a (registered first) takes the first measure; kill it once it has measured:
+        # the next measure granted to it finds its key gone from the tracker
+        _wait_for(lambda: any("box-a" in e["resources"] for e in _measure_ends(registry)), 120)
+        killed = "box-a"
+        stop(servers[killed])
         assert api.wait(db, jobs, timeout=240) == {j: "done" for j in jobs}, [
             api.job(db, j)["error"] for j in jobs
         ]
