@@ -371,8 +371,10 @@ class TuningJob:
         runner = self._rpc_runner(remote) if remote else self.runner
         futures = runner.run(inputs) if inputs else []
         results = [RunnerResult(None, r.error_msg) for r in self._round.builder_results]
-        for (i, _), future in zip(ok, futures):
-            results[i] = future.result()
+        collected = (self._collect_remote(futures, remote) if remote
+                     else [f.result() for f in futures])
+        for (i, _), result in zip(ok, collected):
+            results[i] = result
         if remote and inputs and all(results[i].run_secs is None for i, _ in ok):
             reason = remote.probe()
             if reason is not None:
@@ -380,6 +382,31 @@ class TuningJob:
                 raise DeviceUnavailable(remote.label, reason)
         self._round.runner_results = results
         self._next = StageKind.UPDATE
+
+    def _collect_remote(self, futures, remote: RemoteDevice) -> list:
+        """Results of an RPC batch, bounded in time: TVM's RPCRunnerFuture waits for ever.
+
+        A server that accepts the connection and then never answers (a wedged board)
+        would hang the stage; past the session timeout we give up on the rest of the
+        batch and discard the runner, whose worker is stuck in the socket.
+        """
+        from tvm.s_tir.meta_schedule.runner import RunnerResult
+
+        out = []
+        for index, future in enumerate(futures):
+            deadline = time.monotonic() + remote.session_timeout + 5
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not future.done():
+                message = (f"RPCRunner: no answer from {remote.label} within "
+                           f"{remote.session_timeout + 5:g} s")
+                out += [RunnerResult(None, message)] * (len(futures) - index)
+                runner = self.__dict__.get("_rpc_runners", {}).pop(remote, None)
+                if runner is not None:
+                    _discard_pool(runner.pool)
+                break
+            out.append(future.result())
+        return out
 
     def _remote_device(self) -> RemoteDevice | None:
         rpc_grant = self._grant.get("rpc") if self._grant else None
@@ -493,3 +520,18 @@ class TuningJob:
 
     def with_options(self, **changes) -> TuningOptions:
         return replace(self.options, **changes)
+
+
+def _discard_pool(pool) -> None:
+    """Kill a PopenPool whose worker hangs in a socket, without blocking on it.
+
+    ``PopenWorker.kill`` closes the pipe first, which blocks while another thread is
+    reading from it; killing the processes first gives that reader its EOF.
+    """
+    import threading
+
+    for worker in list(getattr(pool, "_worker_map", {}).values()):
+        proc = getattr(worker, "_proc", None)
+        if proc is not None:
+            proc.kill()
+    threading.Thread(target=pool.shutdown, kwargs={"wait": False}, daemon=True).start()

@@ -52,19 +52,37 @@ class RemoteDevice:
                          session_timeout_sec=int(self.session_timeout))
 
     def probe(self, timeout: float = 5.0) -> str | None:
-        """None if a session can be opened now, else the reason it cannot."""
+        """None if a session can be opened now, else the reason it cannot.
+
+        The attempt runs in a daemon thread: ``rpc.connect`` has no handshake timeout,
+        so a server that accepts and never answers must not hang the caller.
+        """
+        import threading
+
         from tvm import rpc
 
-        try:
-            if self.server:
-                host, port = _split(self.server)
-                rpc.connect(host, port, session_timeout=timeout)
-            else:
-                host, port = _split(self.tracker)
-                request_by_key(host, port, self.key, wait=timeout, session_timeout=timeout)
-        except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
-            return str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else repr(exc)
-        return None
+        outcome: list[str | None] = []
+
+        def attempt() -> None:
+            try:
+                if self.server:
+                    host, port = _split(self.server)
+                    rpc.connect(host, port, session_timeout=timeout)
+                else:
+                    host, port = _split(self.tracker)
+                    request_by_key(host, port, self.key, wait=timeout, session_timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
+                text = str(exc).strip()
+                outcome.append(text.splitlines()[-1][:200] if text else repr(exc))
+                return
+            outcome.append(None)
+
+        thread = threading.Thread(target=attempt, daemon=True, name="rpc-probe")
+        thread.start()
+        thread.join(timeout + 1)
+        if not outcome:
+            return f"no answer within {timeout + 1:g} s"
+        return outcome[0]
 
 
 def request_by_key(host: str, port: int, key: str, *, wait: float, session_timeout: float):

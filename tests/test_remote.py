@@ -61,3 +61,26 @@ def test_a_dead_server_leaves_the_stage_to_run_elsewhere(tiny_model, tmp_path, f
         assert job.result()["trials"] == 4
     finally:
         stop(alive)
+
+
+def test_a_wedged_server_does_not_hang_the_stage(tiny_model, tmp_path, fast_options):
+    """A server that accepts connections and never answers: the stage gives up in time."""
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        job = TuningJob.from_model(tiny_model, options=fast_options(trials=4),
+                                   db_path=tmp_path / "w.db", measure_baselines=False)
+        while job.next_stage().kind != StageKind.MEASURE:
+            job.run_stage()
+        start = time.monotonic()
+        with pytest.raises(DeviceUnavailable, match="no answer"):
+            job.run_stage(grant={"rpc": {"server": f"127.0.0.1:{port}", "timeout": 2}})
+        assert time.monotonic() - start < 60
+        assert job.next_stage().kind == StageKind.MEASURE
+    finally:
+        listener.close()
