@@ -142,9 +142,13 @@ def main() -> None:
     print(f"{'tune_relax':12}{theirs['tuning_seconds']:>10.1f}{theirs['latency_ms']:>12.3f}")
     print(f"tuning time ratio (ours/theirs): {out['tuning_time_ratio']:.2f}  (target <= 0.5)")
     print(f"latency ratio     (ours/theirs): {out['latency_ratio']:.2f}  (target <= 1.05)")
-    print(
-        "our stage seconds: " + ", ".join(f"{k}={v:.1f}" for k, v in ours["stage_seconds"].items())
-    )
+    print(f"{'stage':10}{'ours s':>10}{'tune_relax s':>14}")
+    for kind in ("prepare", "search", "build", "measure", "update"):
+        mine = ours["stage_seconds"].get(kind, float("nan"))
+        theirs_s = theirs["stage_seconds"].get(kind, float("nan"))
+        print(f"{kind:10}{mine:>10.1f}{theirs_s:>14.1f}")
+    profile = theirs["stage_seconds"].get("profiler", {})
+    print("tune_relax profiler: " + ", ".join(f"{k}={v:.1f}" for k, v in sorted(profile.items())))
 
 
 if __name__ == "__main__":
