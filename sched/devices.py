@@ -136,7 +136,7 @@ def probe(rpc: dict[str, Any], *, timeout: float = PROBE_TIMEOUT) -> str | None:
     wanted = f"server:{rpc['key']}"
     if any(str(s.get("key", "")) == wanted for s in summary.get("server_info", [])):
         return None
-    return f"no server registered under key {rpc['key']!r} at tracker {rpc['tracker']}"
+    return f"no server registered under key {rpc['key']} at {rpc['tracker']}"
 
 
 def _tcp(address: str, timeout: float) -> str | None:
