@@ -2,34 +2,17 @@
 
 import pytest
 
+from .tvm_helpers import tiny_task
+
 pytestmark = pytest.mark.slow
 
 
 def _candidates(n):
-    from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.builder import BuilderInput
 
-    from simpletvm import model as m
-    from simpletvm.compile import prepare_module
-    from simpletvm.intrin import load_intrinsics
-    from simpletvm.samples import sample_model
-    from simpletvm.targets import resolve_target
-
-    load_intrinsics("llvm")
-    spec = resolve_target('{"kind": "llvm", "num-cores": 1}')
-    onnx_model = sample_model("tiny")
-    mod = prepare_module(m.to_relax(onnx_model, m.model_inputs(onnx_model)), spec)
-    target = spec.tvm_target()
-    task = ms.relax_integration.extract_tasks(m.fuse_for_tuning(mod, target), target)[0]
-    ctx = ms.TuneContext(
-        mod=task.dispatched[0],
-        target=target,
-        space_generator="post-order-apply",
-        task_name=task.task_name,
-        num_threads=1,
-    )
-    sch = ctx.generate_design_space()[0]
-    return [BuilderInput(sch.mod, target) for _ in range(n)], target, mod
+    tiny = tiny_task()
+    target = tiny.spec.tvm_target()
+    return [BuilderInput(tiny.schedule.mod, target) for _ in range(n)], target, tiny.relax_mod
 
 
 def _worker_pids(builder):

@@ -8,31 +8,13 @@ import pytest
 
 from simpletvm.database import SQLiteDatabase, connect, database_stats
 
+from .tvm_helpers import tiny_task
+
 
 def _tiny_workload_and_record():
     """A real workload and a real trace from the tiny model's matmul task."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from simpletvm import model as m
-    from simpletvm.compile import prepare_module
-    from simpletvm.intrin import load_intrinsics
-    from simpletvm.samples import sample_model
-    from simpletvm.targets import resolve_target
-
-    load_intrinsics("llvm")
-    spec = resolve_target('{"kind": "llvm", "num-cores": 1}')
-    onnx_model = sample_model("tiny")
-    mod = prepare_module(m.to_relax(onnx_model, m.model_inputs(onnx_model)), spec)
-    target = spec.tvm_target()
-    task = ms.relax_integration.extract_tasks(m.fuse_for_tuning(mod, target), target)[0]
-    sch = ms.TuneContext(
-        mod=task.dispatched[0],
-        target=target,
-        space_generator="post-order-apply",
-        task_name=task.task_name,
-        num_threads=1,
-    ).generate_design_space()[0]
-    return spec, task.dispatched[0], sch
+    tiny = tiny_task()
+    return tiny.spec, tiny.task_mod, tiny.schedule
 
 
 def _writer(path, target_key, n, tag):
