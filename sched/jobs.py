@@ -91,6 +91,7 @@ def tvm_spec(
         raise ValueError(f"--deadline must be positive, got {deadline_seconds}")
     extra = check_tuning_options(options)
     remote = job_device_kind(device_kind) if device_kind else None
+    check_model_and_target(path, target)
     spec = {
         "model": str(path.resolve()),
         "target": target,
@@ -105,6 +106,17 @@ def tvm_spec(
     if extra:
         spec["options"] = extra
     return spec, remote or device_kind_for_target(target)
+
+
+def check_model_and_target(path: Path, target: str) -> None:
+    """Refuse at submit time what the engine would refuse in the runner, with its words."""
+    from simpletvm import model as model_mod
+    from simpletvm.targets import resolve_target
+
+    onnx_model = model_mod.load_onnx(path)
+    model_mod.model_inputs(onnx_model)
+    model_mod.check_operators(onnx_model)
+    resolve_target(target)
 
 
 def split_specs(

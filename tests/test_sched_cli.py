@@ -59,6 +59,22 @@ def test_bad_input_is_one_error_line_and_status_2(capsys, db, args, message):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_submit_refuses_what_the_engine_would_refuse_and_records_nothing(capsys, db, tmp_path,
+                                                                         tiny_model):
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model\n")
+    for args, message in [([str(junk)], "not a valid ONNX model"),
+                          ([str(tiny_model), "--target", "tpu9000"], "unknown target 'tpu9000'")]:
+        code, _, err = run(capsys, "submit", *args, "--db", db)
+        assert code == 2, err
+        assert err.startswith("Error: ") and message in err
+        assert len(err.strip().splitlines()) == 1
+    assert api.jobs(db) == []
+    code, _, err = run(capsys, "submit", str(tiny_model), "--db", db)
+    assert code == 0, err
+    assert len(api.jobs(db)) == 1
+
+
 def test_without_a_daemon_submit_queues_and_stop_says_how_to_start(capsys, db):
     code, out, _ = run(capsys, "submit", "--mock", "rounds=1", "--db", db, "--json")
     assert code == 0 and json.loads(out) == {"id": 1}

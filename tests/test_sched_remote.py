@@ -88,9 +88,8 @@ def test_device_add_list_remove(capsys, db):
         (["submit", "m.onnx", "--option", "population_size"], "is not NAME=NUMBER"),
     ],
 )
-def test_bad_device_and_sla_input_is_one_error_line(capsys, db, tmp_path, args, message):
-    model = tmp_path / "m.onnx"
-    model.write_bytes(b"")
+def test_bad_device_and_sla_input_is_one_error_line(capsys, db, tiny_model, args, message):
+    model = tiny_model
     code, _, err = run(capsys, *[str(model) if a == "m.onnx" else a for a in args], "--db", db)
     assert code == 2, err
     assert err.startswith("Error: ") and message in err
@@ -336,9 +335,8 @@ def test_sla_job_status_shows_target_latency_and_trend(db, tiny_model, capsys):
 
 
 # -- a model split at the task level ------------------------------------------------------
-def test_split_queues_a_parent_after_its_sub_jobs(db, tmp_path):
-    model = tmp_path / "m.onnx"
-    model.write_bytes(b"")
+def test_split_queues_a_parent_after_its_sub_jobs(db, tiny_model):
+    model = tiny_model
     parent = api.submit(db, model=str(model), trials=9, split=3, name="big")
     jobs = {j["id"]: j for j in api.jobs(db)}
     children = [j for j in jobs.values() if j["parent_id"] == parent]
