@@ -110,12 +110,6 @@ def is_remote(device_kind: str | None) -> bool:
     return bool(device_kind) and device_kind.startswith(REMOTE_PREFIX)
 
 
-def describe(rpc: dict[str, Any]) -> str:
-    if "server" in rpc:
-        return f"server {rpc['server']}"
-    return f"tracker {rpc['tracker']} key {rpc['key']}"
-
-
 def probe(rpc: dict[str, Any], *, timeout: float = PROBE_TIMEOUT) -> str | None:
     """None if the server answers now, else why not.
 

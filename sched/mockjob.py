@@ -211,10 +211,6 @@ class MockJob:
             **({"probe": probe_summary(self.probe_ms)} if self.probe_ms else {}),
         }
 
-    def total_seconds(self) -> float:
-        return sum(seconds for _, seconds in self.plan)
-
-
 def probe_summary(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     mean = sum(ordered) / len(ordered)

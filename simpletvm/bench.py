@@ -64,17 +64,17 @@ def tvm_runner(executable_or_module, device_type: str, inputs: dict[str, np.ndar
     vm = relax.VirtualMachine(executable_or_module, dev)
     args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]
     main = vm["main"]
-    return (lambda: main(*args)), dev.sync, (lambda: main(*args))
+    return (lambda: main(*args)), dev.sync
 
 
 def bench_tvm(executable_or_module, device_type: str, inputs: dict[str, np.ndarray],
               **kwargs) -> LatencyStats:
-    run, sync, _ = tvm_runner(executable_or_module, device_type, inputs)
+    run, sync = tvm_runner(executable_or_module, device_type, inputs)
     return time_callable(run, sync=sync, **kwargs)
 
 
 def run_tvm_once(executable_or_module, device_type: str, inputs: dict[str, np.ndarray]):
-    _, _, run = tvm_runner(executable_or_module, device_type, inputs)
+    run, _ = tvm_runner(executable_or_module, device_type, inputs)
     out = run()
     if hasattr(out, "numpy"):
         return out.numpy()

@@ -160,11 +160,11 @@ class SQLiteDatabase(PyDatabase):
     # -- records
     def commit_tuning_record(self, record: TuningRecord) -> None:
         wid = self._workload_id(record.workload)
-        target_key = (json.dumps(json.loads(str(record.target)), sort_keys=True,
-                                 separators=(",", ":"))
-                      if record.target is not None else (self.target_key or ""))
-        if self.target_key is not None and record.target is not None:
-            target_key = self.target_key
+        # this database's target when it has one, else the record's own, canonicalised
+        target_key = self.target_key
+        if target_key is None:
+            target_key = (json.dumps(json.loads(str(record.target)), sort_keys=True,
+                                     separators=(",", ":")) if record.target is not None else "")
         conn = self.conn()
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +119,8 @@ class TuningJob:
         self._contexts: list[Any] = []
         self._result: dict[str, Any] = {}
         self._started = None
-        self._trials_resumed = 0
         self._rounds_since_evaluate = 0
-        self._stop_reason: str | None = None
+        self.stop_reason: str | None = None
         self.sla_history: list[dict[str, float]] = []
 
     @classmethod
@@ -257,7 +256,6 @@ class TuningJob:
                     state.terminated = True
             if self.job_tag and self.db_path:
                 state.trials_done = self.database.count_records(mod, job_tag=self.job_tag)
-                self._trials_resumed += state.trials_done
             best = self._best_seconds(mod)
             if best is not None:
                 state.best_history.append(best)
@@ -467,7 +465,7 @@ class TuningJob:
                                  "seconds": time.time() - self._started,
                                  "latency_ms": stats.median_ms})
         if stats.median_ms <= self.options.sla_ms:
-            self._stop_reason = "sla met"
+            self.stop_reason = "sla met"
             self._next = StageKind.FINALIZE
             return
         self._advance_after_update(evaluated=True)
@@ -483,16 +481,16 @@ class TuningJob:
             self._next = StageKind.EVALUATE
             return
         if self._deadline_passed():
-            self._stop_reason = "deadline"
+            self.stop_reason = "deadline"
         elif self._budget_left() > 0 and self.options.trials > 0:
             task = self.allocator.next_task()
             if task is not None and self._contexts[task.index][0] is not None:
                 self._round = _Round(task)
                 self._next = StageKind.SEARCH
                 return
-            self._stop_reason = self._stop_reason or "search space exhausted"
+            self.stop_reason = self.stop_reason or "search space exhausted"
         else:
-            self._stop_reason = self._stop_reason or "budget"
+            self.stop_reason = self.stop_reason or "budget"
         if sla and not evaluated and self._rounds_since_evaluate > 0:
             self._rounds_since_evaluate = 0
             self._next = StageKind.EVALUATE  # measure the last rounds before stopping
@@ -517,9 +515,6 @@ class TuningJob:
 
     def close(self) -> None:
         self._shutdown_workers()
-
-    def with_options(self, **changes) -> TuningOptions:
-        return replace(self.options, **changes)
 
 
 def _discard_pool(pool) -> None:

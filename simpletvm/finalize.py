@@ -38,7 +38,7 @@ def finalize_job(job: TuningJob) -> dict[str, Any]:
         measured = [h["latency_ms"] for h in job.sla_history] + [tuned.median_ms]
         best = min(measured)
         sla_info = {"sla_ms": sla, "sla_met": best <= sla, "best_ms": best,
-                    "gap_ms": max(0.0, best - sla), "stop_reason": job._stop_reason,
+                    "gap_ms": max(0.0, best - sla), "stop_reason": job.stop_reason,
                     "sla_history": list(job.sla_history)}
     return {
         **sla_info,

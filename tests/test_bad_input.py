@@ -1,5 +1,6 @@
 """Each kind of bad input: one line, what is wrong and what to do, exit 2, no traceback."""
 
+import json
 import os
 import subprocess
 import sys
@@ -96,7 +97,7 @@ def test_dynamic_dimension_without_shape(tmp_path):
     # and with the shape given it works
     code, out, err = run_cli("inspect", path, "--input-shape", "x=2,4", "--json")
     assert code == 0, err
-    assert '"shape": [\n        2,\n        4\n      ]' in out or "[2, 4]" in out.replace("\n", "")
+    assert json.loads(out)["inputs"] == [{"name": "x", "shape": [2, 4], "dtype": "float32"}]
 
 
 @pytest.mark.parametrize("text", ["x=", "x=1,a", "=1,2", "x:1,2", "x=1,,2", "x=0,3"])

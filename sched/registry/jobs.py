@@ -283,12 +283,3 @@ class JobsMixin(RegistryBase):
                 raise Fenced(f"job {job_id} attempt {attempt} is no longer running")
             self._reclaim(conn, job_id, "job finished", now)
             self._event(conn, now, event, job_id, detail={"error": error} if error else None)
-
-    def set_wait_reasons(self, reasons: dict[int, str]) -> None:
-        if not reasons:
-            return
-        with self._write() as conn:
-            conn.executemany(
-                "UPDATE jobs SET wait_reason = ? WHERE id = ?",
-                [(reason, job_id) for job_id, reason in reasons.items()],
-            )
