@@ -57,16 +57,30 @@ def connect(path: str | Path) -> sqlite3.Connection:
             os.close(fd)
         conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("BEGIN IMMEDIATE")
-        for stmt in _SCHEMA:
-            conn.execute(stmt)
-        conn.execute("COMMIT")
+        _set_up(conn)
     except (OSError, sqlite3.Error) as exc:
         raise UserInputError(f"cannot open tuning database '{path}': {exc}; "
                              "choose a writable path with --db") from None
     return conn
+
+
+def _set_up(conn: sqlite3.Connection, *, attempts: int = 200) -> None:
+    """WAL mode and the schema. Two processes creating the same new file race for the
+    journal-mode switch, which SQLite reports as "locked" without waiting on the busy
+    timeout, so that one step is retried."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("BEGIN IMMEDIATE")
+    for stmt in _SCHEMA:
+        conn.execute(stmt)
+    conn.execute("COMMIT")
 
 
 def _mean(run_secs) -> float:

@@ -529,4 +529,10 @@ def _discard_pool(pool) -> None:
         proc = getattr(worker, "_proc", None)
         if proc is not None:
             proc.kill()
-    threading.Thread(target=pool.shutdown, kwargs={"wait": False}, daemon=True).start()
+    def shutdown() -> None:
+        try:
+            pool.shutdown(wait=False)
+        except Exception:  # noqa: BLE001 - a worker we killed may already be half gone
+            pass
+
+    threading.Thread(target=shutdown, daemon=True).start()
