@@ -520,19 +520,20 @@ class TuningJob:
 def _discard_pool(pool) -> None:
     """Kill a PopenPool whose worker hangs in a socket, without blocking on it.
 
-    ``PopenWorker.kill`` closes the pipe first, which blocks while another thread is
-    reading from it; killing the processes first gives that reader its EOF.
+    TVM's ``PopenPoolExecutor.shutdown`` takes the pool's lock and then closes each
+    worker's pipes, which blocks while another thread reads from them; if it blocks or
+    raises, the lock stays taken, the next queued item waits on it for ever, and the
+    interpreter never exits (it joins every executor thread at exit). So we never take
+    that lock: queued items are cancelled first, then the worker processes are killed,
+    which gives a reader blocked in ``recv`` its EOF and lets its thread finish.
     """
-    import threading
-
+    threadpool = getattr(pool, "_threadpool", None)
+    if threadpool is not None:
+        threadpool.shutdown(wait=False, cancel_futures=True)
     for worker in list(getattr(pool, "_worker_map", {}).values()):
         proc = getattr(worker, "_proc", None)
         if proc is not None:
-            proc.kill()
-    def shutdown() -> None:
-        try:
-            pool.shutdown(wait=False)
-        except Exception:  # noqa: BLE001 - a worker we killed may already be half gone
-            pass
-
-    threading.Thread(target=shutdown, daemon=True).start()
+            try:
+                proc.kill()
+            except OSError:
+                pass

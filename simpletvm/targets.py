@@ -122,6 +122,31 @@ def cuda_arch() -> str | None:
     return "sm_" + first.replace(".", "") if first else None
 
 
+# MetaSchedule's GPU rules and VerifyGPUCode read these target attributes; a bare
+# {"kind": "cuda"} has none of them, so we ask the device (the values TVM's tags carry).
+_CUDA_LIMITS = {"max_threads_per_block": "max_threads_per_block",
+                "max_shared_memory_per_block": "max_shared_memory_per_block",
+                "thread_warp_size": "warp_size",
+                "l2_cache_size_bytes": "l2_cache_size_bytes"}
+
+
+def cuda_limits(index: int = 0) -> dict[str, int]:
+    """Per-block limits of CUDA device `index`, as target attributes (empty if unknown)."""
+    import tvm
+
+    try:
+        dev = tvm.runtime.device("cuda", index)
+        if not dev.exist:
+            return {}
+        found = {attr: getattr(dev, name) for attr, name in _CUDA_LIMITS.items()}
+    except Exception:  # noqa: BLE001 - a driver that cannot answer
+        return {}
+    limits = {k: int(v) for k, v in found.items() if isinstance(v, int) and v > 0}
+    if "max_threads_per_block" in limits:
+        limits["max_num_threads"] = limits["max_threads_per_block"]
+    return limits
+
+
 def resolve_target(spec: str | dict[str, Any], *, num_cores: int | None = None) -> TargetSpec:
     """Turn a name, tag or JSON dict into a TargetSpec, or raise TargetError."""
     import tvm
@@ -174,6 +199,8 @@ def resolve_target(spec: str | dict[str, Any], *, num_cores: int | None = None) 
             arch = cuda_arch()
             if arch:
                 config["arch"] = arch
+        for key, value in cuda_limits().items():
+            config.setdefault(key, value)
         config.setdefault("host", {"kind": "llvm", "mcpu": _host_cpu() or "generic"})
     try:
         TargetSpec(config).tvm_target()

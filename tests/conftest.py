@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
+import sys
+
 import pytest
 
 from simpletvm.samples import write_sample
@@ -49,3 +52,10 @@ def fast_options():
 def _private_state(tmp_path, monkeypatch):
     """Keep logs and default databases out of the user's home."""
     monkeypatch.setenv("SIMPLETVM_HOME", str(tmp_path / "state"))
+
+
+def pytest_unconfigure(config):
+    """If the interpreter has not exited a minute after the run, print every thread's
+    stack and exit with an error: a thread left blocked (the interpreter joins executor
+    threads at exit) must fail CI at once, not hang it until its time limit."""
+    faulthandler.dump_traceback_later(60, exit=True, file=sys.__stderr__)

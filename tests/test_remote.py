@@ -64,10 +64,14 @@ def test_a_dead_server_leaves_the_stage_to_run_elsewhere(tiny_model, tmp_path, f
 
 
 def test_a_wedged_server_does_not_hang_the_stage(tiny_model, tmp_path, fast_options):
-    """A server that accepts connections and never answers: the stage gives up in time."""
+    """A server that accepts connections and never answers: the stage gives up in time,
+    and the pool it discards leaves no thread behind (one would block the interpreter's
+    exit for ever: the executor's threads are joined at exit)."""
     import socket
+    import threading
     import time
 
+    before = set(threading.enumerate())
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -82,5 +86,14 @@ def test_a_wedged_server_does_not_hang_the_stage(tiny_model, tmp_path, fast_opti
             job.run_stage(grant={"rpc": {"server": f"127.0.0.1:{port}", "timeout": 2}})
         assert time.monotonic() - start < 60
         assert job.next_stage().kind == StageKind.MEASURE
+        job.close()
+        deadline = time.monotonic() + 20
+        while True:
+            left = [t for t in threading.enumerate()
+                    if t not in before and not t.daemon and t.is_alive()]
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert not left, f"threads that would block the interpreter's exit: {left}"
     finally:
         listener.close()

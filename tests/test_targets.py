@@ -50,3 +50,19 @@ def test_cuda_without_gpu_is_a_clear_error():
         pytest.skip("this machine has a GPU")
     with pytest.raises(TargetError, match="needs an NVIDIA GPU"):
         resolve_target("cuda")
+
+
+def test_cuda_target_carries_the_device_limits():
+    """MetaSchedule's GPU rules need the per-block limits; we take them from the device."""
+    from simpletvm.targets import gpu_available
+
+    if not gpu_available("cuda"):
+        pytest.skip("needs an NVIDIA GPU")
+    spec = resolve_target("cuda")
+    assert spec.config["arch"].startswith("sm_")
+    assert spec.config["max_shared_memory_per_block"] >= 16 * 1024
+    assert spec.config["max_threads_per_block"] >= 256
+    assert spec.config["thread_warp_size"] == 32
+    target = spec.tvm_target()
+    assert int(target.attrs["max_shared_memory_per_block"]) == spec.config[
+        "max_shared_memory_per_block"]
