@@ -101,15 +101,31 @@ def _host_cpu() -> str | None:
 
 
 def gpu_available(device: str = "cuda") -> bool:
-    """True if TVM sees a device of this kind (cheap check through nvidia-smi first)."""
-    if device == "cuda" and shutil.which("nvidia-smi") is None:
-        return False
+    """True if a device of this kind is visible and this TVM build can drive it.
+
+    For CUDA we ask ``nvidia-smi`` instead of the CUDA runtime: initialising CUDA in this
+    process would break it for every child forked from it (sched's runners are forked
+    from a daemon that resolves their targets first).
+    """
     import tvm
 
+    if device == "cuda":
+        return visible_cuda_gpus() > 0 and bool(tvm.runtime.enabled("cuda"))
     try:
         return bool(tvm.runtime.device(device, 0).exist)
     except Exception:  # noqa: BLE001
         return False
+
+
+def visible_cuda_gpus() -> int:
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10,
+                             check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
 def cuda_arch() -> str | None:
@@ -122,29 +138,13 @@ def cuda_arch() -> str | None:
     return "sm_" + first.replace(".", "") if first else None
 
 
-# MetaSchedule's GPU rules and VerifyGPUCode read these target attributes; a bare
-# {"kind": "cuda"} has none of them, so we ask the device (the values TVM's tags carry).
-_CUDA_LIMITS = {"max_threads_per_block": "max_threads_per_block",
-                "max_shared_memory_per_block": "max_shared_memory_per_block",
-                "thread_warp_size": "warp_size",
-                "l2_cache_size_bytes": "l2_cache_size_bytes"}
-
-
-def cuda_limits(index: int = 0) -> dict[str, int]:
-    """Per-block limits of CUDA device `index`, as target attributes (empty if unknown)."""
-    import tvm
-
-    try:
-        dev = tvm.runtime.device("cuda", index)
-        if not dev.exist:
-            return {}
-        found = {attr: getattr(dev, name) for attr, name in _CUDA_LIMITS.items()}
-    except Exception:  # noqa: BLE001 - a driver that cannot answer
-        return {}
-    limits = {k: int(v) for k, v in found.items() if isinstance(v, int) and v > 0}
-    if "max_threads_per_block" in limits:
-        limits["max_num_threads"] = limits["max_threads_per_block"]
-    return limits
+# MetaSchedule's GPU rules and VerifyGPUCode read these target attributes, which a bare
+# {"kind": "cuda"} lacks. They are CUDA's per-block limits for every compute capability
+# since 3.0 (the values TVM's nvidia/* tags carry): no need to ask the device, which would
+# initialise CUDA in this process (see gpu_available).
+CUDA_LIMITS = {"max_num_threads": 1024, "max_threads_per_block": 1024,
+               "max_shared_memory_per_block": 49152, "registers_per_block": 65536,
+               "thread_warp_size": 32}
 
 
 def resolve_target(spec: str | dict[str, Any], *, num_cores: int | None = None) -> TargetSpec:
@@ -181,25 +181,20 @@ def resolve_target(spec: str | dict[str, Any], *, num_cores: int | None = None) 
     if kind == "cuda" and not gpu_available("cuda"):
         raise TargetError("target 'cuda' needs an NVIDIA GPU, and none is visible here; "
                           "use --target llvm, or run on a machine with a GPU")
-    try:
-        tvm.target.Target({"kind": kind})
-    except Exception:  # noqa: BLE001 - TVM raises ValueError or TVMError
+    if kind not in tvm.target.Target.list_kinds():  # creating one may query the device
         raise TargetError(f"unknown target '{kind}'; use 'llvm' for this CPU, 'cuda' for an "
-                          "NVIDIA GPU, a TVM tag, or a JSON dict") from None
+                          "NVIDIA GPU, a TVM tag, or a JSON dict")
     if kind == "llvm":
         config.setdefault("num-cores", num_cores or host_cores())
         cpu = _host_cpu()
         if cpu and "mcpu" not in config and "mtriple" not in config:
             config["mcpu"] = cpu
     elif kind == "cuda":
-        if not gpu_available("cuda"):
-            raise TargetError("target 'cuda' needs an NVIDIA GPU, and none is visible here; "
-                              "use --target llvm, or run on a machine with a GPU")
         if "arch" not in config:
             arch = cuda_arch()
             if arch:
                 config["arch"] = arch
-        for key, value in cuda_limits().items():
+        for key, value in CUDA_LIMITS.items():
             config.setdefault(key, value)
         config.setdefault("host", {"kind": "llvm", "mcpu": _host_cpu() or "generic"})
     try:

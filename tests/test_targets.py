@@ -52,17 +52,40 @@ def test_cuda_without_gpu_is_a_clear_error():
         resolve_target("cuda")
 
 
-def test_cuda_target_carries_the_device_limits():
-    """MetaSchedule's GPU rules need the per-block limits; we take them from the device."""
-    from simpletvm.targets import gpu_available
+def test_cuda_target_carries_the_per_block_limits():
+    """MetaSchedule's GPU rules need the per-block limits; resolving must not touch CUDA."""
+    from simpletvm.targets import CUDA_LIMITS, gpu_available
 
     if not gpu_available("cuda"):
         pytest.skip("needs an NVIDIA GPU")
     spec = resolve_target("cuda")
     assert spec.config["arch"].startswith("sm_")
-    assert spec.config["max_shared_memory_per_block"] >= 16 * 1024
-    assert spec.config["max_threads_per_block"] >= 256
-    assert spec.config["thread_warp_size"] == 32
     target = spec.tvm_target()
-    assert int(target.attrs["max_shared_memory_per_block"]) == spec.config[
-        "max_shared_memory_per_block"]
+    for key, value in CUDA_LIMITS.items():
+        assert int(target.attrs[key]) == value
+
+
+def test_resolving_cuda_leaves_cuda_uninitialised_for_forked_children():
+    """sched forks runners from a daemon that resolved their target: CUDA used in a
+    forked child fails if the parent had initialised it. Check in a forked child."""
+    import os
+
+    from simpletvm.targets import gpu_available
+
+    if not gpu_available("cuda"):
+        pytest.skip("needs an NVIDIA GPU")
+    resolve_target("cuda")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            import numpy as np
+            import tvm
+
+            dev = tvm.runtime.device("cuda", 0)
+            arr = tvm.runtime.tensor(np.arange(4, dtype="float32"), device=dev)
+            code = 0 if arr.numpy().tolist() == [0, 1, 2, 3] else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
