@@ -7,7 +7,11 @@ we report the median and the spread of the samples.
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -68,9 +72,51 @@ def tvm_runner(executable_or_module, device_type: str, inputs: dict[str, np.ndar
 
 
 def bench_tvm(executable_or_module, device_type: str, inputs: dict[str, np.ndarray],
-              **kwargs) -> LatencyStats:
+              *, isolate: bool | None = None, **kwargs) -> LatencyStats:
+    """Time the model's ``main``; on a GPU (``isolate`` unset) in a fresh process.
+
+    CUDA cannot be used in a process forked from one that had initialised it, and sched's
+    runners are forked from a daemon that has imported TVM: on the H100 the finalize
+    stage failed there with ``cudaErrorInitializationError``. A spawned process starts
+    clean; it loads only the library we export here, never one from a model file.
+    """
+    if isolate is None:
+        isolate = device_type != "cpu"
+    if isolate:
+        return _bench_in_fresh_process(executable_or_module, device_type, inputs, kwargs)
     run, sync = tvm_runner(executable_or_module, device_type, inputs)
     return time_callable(run, sync=sync, **kwargs)
+
+
+def _bench_in_fresh_process(executable, device_type: str, inputs: dict[str, np.ndarray],
+                            kwargs: dict, timeout: float = 900.0) -> LatencyStats:
+    with tempfile.TemporaryDirectory(prefix="simpletvm-bench-") as work:
+        library = f"{work}/model.so"
+        executable.export_library(library)
+        feeds = f"{work}/inputs.npz"
+        np.savez(feeds, **inputs)
+        proc = subprocess.run(
+            [sys.executable, "-m", "simpletvm.bench", library, feeds, device_type,
+             json.dumps(kwargs)],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"timing on {device_type} in a fresh process failed: {last}")
+    return LatencyStats(**json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m simpletvm.bench LIBRARY INPUTS.npz DEVICE KWARGS_JSON``: print stats."""
+    import tvm
+
+    library, feeds, device_type, kwargs = argv
+    with np.load(feeds) as data:
+        inputs = {name: data[name] for name in data.files}
+    stats = bench_tvm(tvm.runtime.load_module(library), device_type, inputs, isolate=False,
+                      **json.loads(kwargs))
+    print(json.dumps(stats.as_dict()))
+    return 0
 
 
 def run_tvm_once(executable_or_module, device_type: str, inputs: dict[str, np.ndarray]):
@@ -101,3 +147,7 @@ def bench_onnxruntime(model_bytes: bytes, inputs: dict[str, np.ndarray], *, use_
         return time_callable(lambda: session.run(None, feed), **kwargs)
     except Exception:  # noqa: BLE001 - a baseline that fails is reported as missing
         return None
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
