@@ -59,6 +59,44 @@ def test_connection_is_reopened_after_fork(registry, monkeypatch):
     assert registry.conn is not first
 
 
+def test_writers_queue_on_the_write_lock(registry, db_path):
+    """Writes queue on a flock, handed over at once (SQLite's busy handler sleeps);
+    another process's write waits for ours and then goes through."""
+    import subprocess
+    import sys
+    import time
+
+    registry.set_setting("probe", "parent")
+    code = (
+        "import sys, time\n"
+        "from tvmsched.registry import Registry\n"
+        "reg = Registry(sys.argv[1]); reg.resources()\n"
+        "print('ready', flush=True)\n"
+        "start = time.monotonic(); reg.set_setting('probe', 'child')\n"
+        "print(time.monotonic() - start, flush=True)\n"
+    )
+    with registry._write() as conn:
+        child = subprocess.Popen([sys.executable, "-c", code, str(db_path)],
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # the child is blocked behind us meanwhile
+        conn.execute("UPDATE settings SET value = 'parent-held' WHERE key = 'probe'")
+    waited = float(child.stdout.readline())
+    assert child.wait(30) == 0
+    assert waited >= 0.3
+    assert registry.get_setting("probe") == "child"  # it wrote after our commit
+    for suffix in ("-gate", "-writelock"):
+        lock = db_path.with_name(db_path.name + suffix)
+        assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+
+
+def test_lock_files_are_reopened_after_fork(registry, monkeypatch):
+    """A flock belongs to the open file: a forked child must not use the parent's."""
+    first = registry._lock_fds()
+    monkeypatch.setattr("os.getpid", lambda: -1)
+    assert set(registry._lock_fds()).isdisjoint(first)
+
+
 def test_grant_complete_and_fencing(registry):
     job_id, attempt = running_job(registry)
     rid = registry.request_stage(job_id, attempt, 0, "measure", {"device": 1}, now=1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -45,10 +46,19 @@ def _job_dict(row: sqlite3.Row) -> dict[str, Any]:
 class RegistryBase:
     """One SQLite file; a connection per process and thread, never reused across fork."""
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = BUSY_TIMEOUT_S,
+        priority: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.timeout = timeout
+        self.priority = priority  # the daemon's: its writes skip the writers' gate
+        self._migrated: int | None = None  # the pid that has checked the migrations
         self._local = threading.local()
+        self._local.conn = self._local.lock_fd = None
 
     # -- connection and transactions -------------------------------------------------
     @property
@@ -67,32 +77,82 @@ class RegistryBase:
         )
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        self._migrate(conn)
+        if self._migrated != os.getpid():  # once per process: WAL mode persists in the file
+            conn.execute("PRAGMA journal_mode = WAL")
+            self._migrate(conn)
+            self._migrated = os.getpid()
         return conn
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            conn.close()
-        self._local.conn = None
+        local = self._local
+        if getattr(local, "pid", None) == os.getpid():
+            if getattr(local, "conn", None) is not None:
+                local.conn.close()
+            for fd in getattr(local, "lock_fd", None) or ():
+                os.close(fd)
+        local.conn = None
+        local.lock_fd = None
+
+    def _lock_fds(self) -> tuple[int, int]:
+        """This process's and thread's descriptors of the gate and write-lock files."""
+        local = self._local
+        if getattr(local, "lock_pid", None) != os.getpid() or local.lock_fd is None:
+            local.lock_fd = (self._open_lock("-gate"), self._open_lock("-writelock"))
+            local.lock_pid = os.getpid()
+        return local.lock_fd
+
+    def _open_lock(self, suffix: str) -> int:
+        path = self.path.with_name(self.path.name + suffix)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
-        conn = conn or self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        """One write transaction (``BEGIN IMMEDIATE``), queued on a ``flock`` first.
 
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+        SQLite's busy handler polls a held lock by sleeping 1, 2, 5, 10 ... 100 ms, so with
+        64 runners a write often waited tens of milliseconds for a lock freed long before.
+        Writers queue on an exclusive ``flock`` instead, which the kernel hands over the
+        moment it is released (and releases when a holder dies). The busy timeout stays as
+        the fallback for any writer outside this class.
+
+        A registry opened with ``priority=True`` (the daemon's) goes straight to the write
+        lock; every other writer first passes a gate that admits one at a time. So the
+        daemon's grants wait behind at most one runner's write, not behind all of them.
+
+        Each thread has its own descriptors, and a forked child opens its own: a
+        ``flock`` belongs to the open file, so an inherited one would share the parent's.
+        """
+        conn = conn or self.conn
+        gate, lock = self._lock_fds()
+        if not self.priority:
+            fcntl.flock(gate, fcntl.LOCK_EX)
         try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            if not self.priority:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Apply missing migrations; a read first, so a current file costs no write lock."""
+        names = [name for name, _ in MIGRATIONS]
+        try:
+            done = {r[0] for r in conn.execute("SELECT name FROM migrations")}
+        except sqlite3.OperationalError:  # a new file: no migrations table yet
+            done = set()
+        if all(name in done for name in names):
+            return
+        with self._write(conn):
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS migrations "
                 "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
@@ -107,10 +167,6 @@ class RegistryBase:
                     "INSERT INTO migrations (id, name, applied_at) VALUES (?, ?, ?)",
                     (index, name, time.time()),
                 )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def migrations(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM migrations ORDER BY id")]

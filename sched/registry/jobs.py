@@ -148,31 +148,51 @@ class JobsMixin(RegistryBase):
 
     def claim_job(self, job_id: int, *, now: float | None = None) -> int:
         """Move a queued job to running before its runner is forked; returns the new attempt."""
+        attempts = self.claim_jobs([job_id], now=now)
+        if job_id not in attempts:
+            raise Fenced(f"job {job_id} is no longer queued")
+        return attempts[job_id]
+
+    def claim_jobs(self, job_ids: list[int], *, now: float | None = None) -> dict[int, int]:
+        """``claim_job`` for several jobs in one transaction: {job id: attempt} of those
+        still queued."""
+        claimed: dict[int, int] = {}
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock
-            row = conn.execute(
-                "UPDATE jobs SET state = 'running', attempt = attempt + 1, runner_pid = NULL,"
-                " runner_started = NULL, started_at = COALESCE(started_at, ?),"
-                " wait_reason = 'starting its runner' WHERE id = ? AND state = 'queued'"
-                " RETURNING attempt",
-                (now, job_id),
-            ).fetchone()
-            if row is None:
-                raise Fenced(f"job {job_id} is no longer queued")
-            return int(row[0])
+            for job_id in job_ids:
+                row = conn.execute(
+                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, runner_pid = NULL,"
+                    " runner_started = NULL, started_at = COALESCE(started_at, ?),"
+                    " wait_reason = 'starting its runner' WHERE id = ? AND state = 'queued'"
+                    " RETURNING attempt",
+                    (now, job_id),
+                ).fetchone()
+                if row is not None:
+                    claimed[job_id] = int(row[0])
+        return claimed
 
     def set_runner(
         self, job_id: int, attempt: int, pid: int, started: float, *, now: float | None = None
     ) -> None:
+        self.set_runners([(job_id, attempt, pid, started)], now=now)
+
+    def set_runners(
+        self, runners: list[tuple[int, int, int, float]], *, now: float | None = None
+    ) -> None:
+        """Record (job id, attempt, pid, process start time) of forked runners, in one
+        transaction."""
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock
-            conn.execute(
-                "UPDATE jobs SET runner_pid = ?, runner_started = ? WHERE id = ? AND attempt = ?",
-                (pid, started, job_id, attempt),
-            )
-            self._event(
-                conn, now, EventKind.RUNNER_START, job_id, detail={"pid": pid, "attempt": attempt}
-            )
+            for job_id, attempt, pid, started in runners:
+                conn.execute(
+                    "UPDATE jobs SET runner_pid = ?, runner_started = ?"
+                    " WHERE id = ? AND attempt = ?",
+                    (pid, started, job_id, attempt),
+                )
+                self._event(
+                    conn, now, EventKind.RUNNER_START, job_id,
+                    detail={"pid": pid, "attempt": attempt},
+                )  # fmt: skip
 
     def runner_gone(
         self,
