@@ -236,6 +236,7 @@ def direct_outcome(
         model=point.models[0].label,
         status="done" if result else "failed",
         tuned_ms=result.get("tuned_ms"),
+        tuned_std_ms=(result.get("tuned") or {}).get("std_ms"),
         untuned_ms=result.get("untuned_ms") if Baseline.UNTUNED in point.baselines else None,
         onnxruntime_ms=(
             result.get("onnxruntime_ms") if Baseline.ONNXRUNTIME in point.baselines else None

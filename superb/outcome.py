@@ -49,6 +49,9 @@ class JobOutcome:
     trials: int | None = None
     tuning_s: float | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # spread of the tuned model's timing samples in its finalize stage, taken while the
+    # point's other jobs ran (the measurement noise a strategy lets through)
+    tuned_std_ms: float | None = None
 
 
 @dataclass

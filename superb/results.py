@@ -69,6 +69,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX convergence_point ON convergence(point_key)",
         ],
     ),
+    (
+        "0002_tuned_std",
+        ["ALTER TABLE job_results ADD COLUMN tuned_std_ms REAL"],
+    ),
 ]
 _CHILD_TABLES = ("job_results", "resources", "events", "convergence")
 _CHUNK = 500
@@ -304,8 +308,8 @@ class ResultsDB:
                 conn.execute(f"DELETE FROM {table} WHERE point_key = ?", (key,))
             conn.executemany(
                 "INSERT INTO job_results (point_key, job_index, model, status, error, "
-                "tuned_ms, untuned_ms, onnxruntime_ms, trials, tuning_s, stage_seconds) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "tuned_ms, untuned_ms, onnxruntime_ms, trials, tuning_s, stage_seconds, "
+                "tuned_std_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         key,
@@ -319,6 +323,7 @@ class ResultsDB:
                         j.trials,
                         j.tuning_s,
                         json.dumps(j.stage_seconds),
+                        j.tuned_std_ms,
                     )
                     for j in outcome.jobs
                 ],

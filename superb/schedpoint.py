@@ -193,6 +193,7 @@ def collect(
                 status=state,
                 error=job.get("error"),
                 tuned_ms=result.get("tuned_ms"),
+                tuned_std_ms=(result.get("tuned") or {}).get("std_ms"),
                 untuned_ms=(
                     result.get("untuned_ms") if Baseline.UNTUNED in point.baselines else None
                 ),

@@ -10,7 +10,7 @@ import pytest
 
 from superb.matrix import expand
 from superb.outcome import ConvergencePoint, Event, JobOutcome, PointOutcome
-from superb.results import LostClaimError, PointStatus, ResultsDB, RunStatus
+from superb.results import MIGRATIONS, LostClaimError, PointStatus, ResultsDB, RunStatus
 from superb.schema import parse
 
 OWNER = (os.getpid(), 123.0)
@@ -61,7 +61,7 @@ def test_file_is_private_wal_and_migrated(fresh_db, db_path):
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
     assert fresh_db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert fresh_db.conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
-    assert fresh_db.migrations() == ["0001_initial"]
+    assert fresh_db.migrations() == [name for name, _ in MIGRATIONS]
     assert ResultsDB(db_path).migrate() == []  # applied once only
 
 
