@@ -173,6 +173,12 @@ def report(
         False, "--failures", help="Also list failed points and their errors."
     ),
     json_output: bool = typer.Option(False, "--json", help="Same as --format json."),
+    view: str = typer.Option(
+        "summary",
+        "--view",
+        help="summary: latencies per model; evaluation: makespan against sequential and "
+        "its lower bound, latency against each model tuned alone, measurement noise.",
+    ),
 ) -> None:
     """Print tables of the results: medians over repeats per strategy and job count."""
     with _errors():
@@ -181,9 +187,12 @@ def report(
             raise SuperbError(
                 f"--format {output_format}: choose one of {', '.join(report_mod.FORMATS)}"
             )
-        result = report_mod.build_report(
-            _existing_db(db), experiments=only or None, group_by=group_by or None
-        )
+        if view not in ("summary", "evaluation"):
+            raise SuperbError(f"--view {view}: choose summary or evaluation")
+        build = report_mod.build_report
+        if view == "evaluation":
+            from .evaluation import build_evaluation as build
+        result = build(_existing_db(db), experiments=only or None, group_by=group_by or None)
     if output_format == "json":
         sys.stdout.write(report_mod.to_json(result) + "\n")
     elif output_format == "csv":
