@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# docs/evaluation.md: run the evaluation-small matrix (about 1.5 h on 2 cores), then print
+# its tables and draw its figures. With --report-only, just the tables and figures from
+# the recorded results (docs/evaluation/results.db).
+#   bash scripts/evaluation.sh [--report-only] [DB]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
+REPORT_ONLY=0
+if [ "${1:-}" = "--report-only" ]; then REPORT_ONLY=1; shift; fi
+DB=${1:-docs/evaluation/results.db}
+if [ $REPORT_ONLY = 0 ]; then
+    superb run benchmarks.toml --only evaluation-small-alone --db "$DB" --resume
+    superb run benchmarks.toml --only evaluation-small --db "$DB" --resume
+fi
+echo "## evaluation view"
+superb report --db "$DB" --only evaluation-small --view evaluation --format markdown
+echo "## latencies per model"
+superb report --db "$DB" --only evaluation-small --format markdown
+echo "## each model tuned alone"
+superb report --db "$DB" --only evaluation-small-alone --group-by workload --format markdown
+superb plot --db "$DB" --only evaluation-small --output docs/figures/evaluation
