@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 
 from .models import Resource, ResourceKind
 
@@ -28,14 +26,9 @@ def cpu_count() -> int:
 
 
 def visible_gpus() -> int:
-    tool = shutil.which("nvidia-smi")
-    if tool is None:
-        return 0
-    try:
-        out = subprocess.run([tool, "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    from simpletvm.targets import visible_cuda_gpus  # light: TVM is imported lazily there
+
+    return visible_cuda_gpus()
 
 
 def kind_for_name(name: str) -> ResourceKind:

@@ -20,7 +20,7 @@ from collections import defaultdict
 from typing import Any
 
 from . import SuperbError
-from .report import Report, _median, _sort_key, axis_values, default_group
+from .report import Report, _median, _sort_key, axis_values, default_group, idle_pct
 from .results import PointStatus, ResultsDB
 from .timeline import is_device
 
@@ -161,16 +161,7 @@ def build_evaluation(
             max(statistics.median(v) for v in per_model.values()) if per_model else None
         )
         row["noise_pct"] = _median(noise)
-        for label, wanted in (("device_idle_pct", True), ("cpu_idle_pct", False)):
-            per_point = []
-            for point in done:
-                idle = [
-                    u["idle"]
-                    for u in idle_by_point[point["key"]]
-                    if is_device(u["resource"]) == wanted and u["idle"] is not None
-                ]
-                per_point.append(100 * statistics.fmean(idle) if idle else None)
-            row[label] = _median(per_point)
+        row.update(idle_pct(done, idle_by_point))
         rows.append(row)
 
     # makespan relative to sequential with every other grouping value the same

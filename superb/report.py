@@ -177,6 +177,13 @@ def _summarise(
         row[f"{model} ms"] = _median(j["tuned_ms"] for j in mine)
         row[f"{model} untuned_ms"] = _median(j["untuned_ms"] for j in mine)
         row[f"{model} onnxruntime_ms"] = _median(j["onnxruntime_ms"] for j in mine)
+    row.update(idle_pct(done, resources_by_point))
+    return row
+
+
+def idle_pct(done: list[dict], resources_by_point: dict) -> dict[str, float | None]:
+    """Device and CPU idle %: mean over the resources of each kind, median over points."""
+    out = {}
     for label, wanted in (("device_idle_pct", True), ("cpu_idle_pct", False)):
         per_point = []
         for point in done:
@@ -186,8 +193,8 @@ def _summarise(
                 if is_device(u["resource"]) == wanted and u["idle"] is not None
             ]
             per_point.append(100 * statistics.fmean(idle) if idle else None)
-        row[label] = _median(per_point)
-    return row
+        out[label] = _median(per_point)
+    return out
 
 
 def cell(value: Any, column: str = "") -> str:

@@ -171,11 +171,6 @@ class JobsMixin(RegistryBase):
                     claimed[job_id] = int(row[0])
         return claimed
 
-    def set_runner(
-        self, job_id: int, attempt: int, pid: int, started: float, *, now: float | None = None
-    ) -> None:
-        self.set_runners([(job_id, attempt, pid, started)], now=now)
-
     def set_runners(
         self, runners: list[tuple[int, int, int, float]], *, now: float | None = None
     ) -> None:
