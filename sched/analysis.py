@@ -14,32 +14,49 @@ def resource_intervals(
 
     ``held`` uses grant..release (when the resource was reserved); otherwise
     start..end (when the stage ran), falling back to the lease times when a runner died.
-    Open intervals end at ``now``, or are skipped when ``now`` is None.
+    Open intervals end at ``now``, or are skipped when ``now`` is None.  A lease that was
+    suspended for a measurement gives one row per piece around its ``paused`` windows:
+    meanwhile its units were lent to the measurement.
     """
     rows = []
     for it in stage_intervals:
-        if held:
-            start, end = it["granted"], it["released"]
-        else:
-            start = it["started"] if it["started"] is not None else it["granted"]
-            end = it["ended"] if it["ended"] is not None else it["released"]
-        if end is None:
-            if now is None:
-                continue
-            end = now
+        pieces = _pieces(it, held=held, now=now)
         for name, amount in it["resources"].items():
-            rows.append(
-                {
-                    "job_id": it["job_id"],
-                    "stage": it["stage"],
-                    "epoch": it["epoch"],
-                    "resource": name,
-                    "amount": amount,
-                    "start": start,
-                    "end": end,
-                }
-            )
+            for start, end in pieces:
+                rows.append(
+                    {
+                        "job_id": it["job_id"],
+                        "stage": it["stage"],
+                        "epoch": it["epoch"],
+                        "resource": name,
+                        "amount": amount,
+                        "start": start,
+                        "end": end,
+                    }
+                )
     return rows
+
+
+def _pieces(it: dict[str, Any], *, held: bool, now: float | None) -> list[tuple[float, float]]:
+    """The lease's [start, end] interval with its paused windows cut out."""
+    if held:
+        start, end = it["granted"], it["released"]
+    else:
+        start = it["started"] if it["started"] is not None else it["granted"]
+        end = it["ended"] if it["ended"] is not None else it["released"]
+    if end is None:
+        if now is None:
+            return []
+        end = now
+    pieces = []
+    for paused_from, paused_to in sorted(it.get("paused") or []):
+        paused_to = end if paused_to is None else min(paused_to, end)
+        if paused_from > start:
+            pieces.append((start, min(paused_from, end)))
+        start = max(start, paused_to)
+    if end > start or not pieces:
+        pieces.append((min(start, end), end))
+    return pieces
 
 
 def makespan(rows: list[dict[str, Any]]) -> float:

@@ -80,10 +80,20 @@ def start(
     heartbeat_timeout: Annotated[
         float, typer.Option(help="Seconds of heartbeat silence before a runner is killed.")
     ] = 10.0,
+    preempt: Annotated[
+        bool | None,
+        typer.Option(
+            "--preempt/--no-preempt",
+            help="Let a CPU-target measurement suspend other jobs' search and build stages "
+            "instead of waiting for them (default: the stored setting, else on).",
+        ),
+    ] = None,
     db: Db = None,
 ) -> None:
     """Start the scheduler daemon (one per registry)."""
     extra = ["--max-jobs", str(max_jobs), "--heartbeat-timeout", str(heartbeat_timeout)]
+    if preempt is not None:
+        extra.append("--preempt" if preempt else "--no-preempt")
     with errors():
         if foreground:
             from .daemon import main as daemon_main

@@ -54,9 +54,11 @@ class DaemonConfig:
     preload: list[str] = field(default_factory=list)
     probe_backoff: float = 2.0  # seconds before a down remote device is probed again ...
     probe_backoff_max: float = 120.0  # ... doubling after each failed probe, up to this
+    preempt: bool | None = None  # None keeps the stored setting (on unless turned off)
 
 
 SPAWN_BATCH = 4  # runners forked per pass (see Daemon._spawn)
+STOP_WAIT_S = 1.0  # how long a suspension waits for a runner's processes to stop
 
 
 class AlreadyRunning(RuntimeError):
@@ -68,7 +70,9 @@ class Daemon:
         self.db_path = Path(db_path)
         self.config = config or DaemonConfig()
         self.registry = Registry(self.db_path, priority=True)
-        self.dispatcher = Dispatcher(self.registry)
+        self.dispatcher = Dispatcher(
+            self.registry, suspend=self._suspend_holders, resume=self._resume_holders
+        )
         self.pidfile = PidFile(pid_file(self.db_path))
         self.runners: dict[int, Runner] = {}
         self.stopping = False
@@ -93,6 +97,8 @@ class Daemon:
         if self.config.strategy is not None:
             get_strategy(self.config.strategy)
             self.registry.set_setting("strategy", self.config.strategy, now=now)
+        if self.config.preempt is not None:
+            self.registry.set_setting("preempt", "on" if self.config.preempt else "off")
         for target in self.config.preload:
             self._preload(target)
         self._recover(now)
@@ -148,6 +154,7 @@ class Daemon:
         if self.stopping:
             if self.stop_deadline is None:
                 self.stop_deadline = now + self.config.stop_timeout
+            self.dispatcher.resume_finished(given)  # no grants now, but no stage left paused
             return
         self._spawn(now)
         for grant in self.dispatcher.dispatch(given):
@@ -183,6 +190,8 @@ class Daemon:
                 self.runners[job["id"]] = found
             else:
                 self._gone(found, "runner lost while the daemon was down", charge=False, now=now)
+        # stages suspended for a measurement that ended (or died) while we were down
+        self.dispatcher.resume_finished(now)
 
     def _spawn(self, now: float) -> None:
         """Fork runners for queued jobs, at most ``SPAWN_BATCH`` per pass.
@@ -229,6 +238,9 @@ class Daemon:
             if pid == 0:  # the runner
                 code = runner.EXIT_FAILED
                 try:
+                    # its own process group, which its worker processes join: one signal
+                    # suspends, continues or kills the runner with its workers
+                    os.setpgid(0, 0)
                     os.close(write_fd)  # else we would never see EOF when the daemon dies
                     self._become_runner(read_fd, job_id)
                     code = runner.run(
@@ -246,6 +258,10 @@ class Daemon:
                     sys.stderr.flush()
                     os._exit(code)
             os.close(read_fd)
+            try:
+                os.setpgid(pid, pid)  # also here: whichever of the two runs first
+            except OSError:
+                pass
             os.set_blocking(write_fd, False)
             try:
                 started = psutil.Process(pid).create_time()
@@ -260,6 +276,10 @@ class Daemon:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        # If the daemon dies while this runner is suspended, its process group is orphaned
+        # and the kernel sends SIGHUP, then SIGCONT: ignored (and so inherited by the
+        # workers), the runner goes on with its stage instead of dying.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if self.pidfile.fd is not None:
             os.close(self.pidfile.fd)  # the flock must die with the daemon, not its runners
         os.close(self._wake_r)
@@ -310,7 +330,7 @@ class Daemon:
         if not _alive(found.pid, found.started):
             return
         try:
-            os.kill(found.pid, signal.SIGKILL)
+            _signal_group(found.pid, signal.SIGKILL)  # with its build workers
         except ProcessLookupError:
             return
         if found.child:
@@ -322,6 +342,38 @@ class Daemon:
         deadline = time.time() + 5
         while _alive(found.pid, found.started) and time.time() < deadline:
             time.sleep(0.01)
+
+    def _suspend_holders(self, leases: list[dict]) -> None:
+        """SIGSTOP the runners (and their workers) of ``leases``; return once stopped.
+
+        Called by ``Registry.grant`` while it holds both registry locks, so no runner is
+        stopped inside a registry write. A holder that is gone is skipped: the daemon
+        reclaims its lease as for any dead runner.
+        """
+        stopped = []
+        for lease in leases:
+            pid, started = lease["holder_pid"], lease["holder_started"]
+            if not pid or not _alive(pid, started):
+                continue
+            try:
+                _signal_group(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + STOP_WAIT_S
+        while stopped and time.monotonic() < deadline:
+            if all(_stopped(pid) for pid in stopped):
+                return
+            time.sleep(0.001)
+
+    def _resume_holders(self, leases: list[dict]) -> None:
+        for lease in leases:
+            pid, started = lease["holder_pid"], lease["holder_started"]
+            if pid and _alive(pid, started):
+                try:
+                    _signal_group(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
 
     def _kill_silent(self, now: float) -> None:
         for lease in self.registry.stale_leases(now - self.config.heartbeat_timeout):
@@ -370,6 +422,30 @@ def _alive(pid: int, started: float | None) -> bool:
         return False
 
 
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal a runner's process group if it leads one (runners do), else the process."""
+    if os.getpgid(pid) == pid:
+        os.killpg(pid, sig)
+    else:
+        os.kill(pid, sig)
+
+
+def _stopped(pid: int) -> bool:
+    """Are this process and every process in its group stopped (or gone)?"""
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return True
+    for proc in procs:
+        try:
+            if proc.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
 def _describe(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"runner killed by {signal.Signals(os.WTERMSIG(status)).name}"
@@ -387,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-timeout", type=float, default=10.0)
     parser.add_argument("--retry-limit", type=int, default=3)
     parser.add_argument("--preload", action="append", default=[])
+    parser.add_argument("--no-preempt", dest="preempt", action="store_false", default=None)
+    parser.add_argument("--preempt", dest="preempt", action="store_true")
     args = parser.parse_args(argv)
     db = resolve_db(args.db)
     config = DaemonConfig(
@@ -397,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_timeout=args.heartbeat_timeout,
         retry_limit=args.retry_limit,
         preload=args.preload,
+        preempt=args.preempt,
     )
     daemon = Daemon(db, config)
     try:

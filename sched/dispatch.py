@@ -6,6 +6,8 @@ Shared by the daemon (wall clock) and the simulator (simulated clock via ``now``
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from .models import Grant
 from .registry import Registry
@@ -14,12 +16,32 @@ from .strategies import Snapshot, Strategy, get_strategy
 DEFAULT_STRATEGY = "interleaved"
 
 
+SuspendFn = Callable[[list[dict[str, Any]]], None]
+
+
+def preempt_enabled(registry: Registry) -> bool:
+    """The ``preempt`` setting (``sched start --no-preempt`` turns it off); on by default."""
+    return registry.get_setting("preempt", "on") != "off"
+
+
 class Dispatcher:
-    def __init__(self, registry: Registry, *, strategy: str | Strategy | None = None) -> None:
+    """Grants stages; ``suspend`` and ``resume`` stop and continue the holders of leases
+    (the daemon signals runner processes, the simulator moves its clock); without them a
+    strategy's preemptions are not used."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        strategy: str | Strategy | None = None,
+        suspend: SuspendFn | None = None,
+        resume: SuspendFn | None = None,
+    ) -> None:
         self.registry = registry
         self._fixed = get_strategy(strategy) if strategy is not None else None
         self._named: Strategy | None = None
         self._reasons: dict[int, str] = {}
+        self.suspend, self.resume = suspend, resume
 
     @property
     def strategy(self) -> Strategy:
@@ -31,10 +53,22 @@ class Dispatcher:
             self._named = get_strategy(name)
         return self._named
 
+    def resume_finished(self, now: float | None = None, *, everything: bool = False) -> int:
+        """Continue the stages suspended for measurements that have ended (all of them with
+        ``everything``, as a daemon does when it starts or stops); returns how many."""
+        leases = self.registry.suspended_leases(finished_only=not everything)
+        if not leases:
+            return 0
+        if self.resume is not None:
+            self.resume(leases)  # continue first: a crash in between leaves them resumable
+        self.registry.resume_leases([lease["epoch"] for lease in leases], now=now)
+        return len(leases)
+
     def dispatch(self, now: float | None = None) -> list[Grant]:
         """Grant what the strategy allows.  With ``now=None`` (wall clock) the grants are
         stamped under the write lock, so the event log orders them after every release
         they depend on; the simulator passes its own clock."""
+        self.resume_finished(now)
         pending = self.registry.pending()
         if not pending:
             return []
@@ -45,6 +79,7 @@ class Dispatcher:
             leases=self.registry.active_leases(),
             now=time.time() if now is None else now,
             estimates=self.registry.stage_estimates() if strategy.uses_estimates else None,
+            preempt=self.suspend is not None and preempt_enabled(self.registry),
         )
         decision = strategy.decide(snap)
         changed = {j: r for j, r in decision.waits.items() if self._reasons.get(j) != r}
@@ -54,5 +89,10 @@ class Dispatcher:
         if not decision.grants and not changed:
             return []
         return self.registry.grant(
-            decision.grants, now=now, reasons=changed, enforce_capacity=not strategy.oversubscribes
+            decision.grants,
+            now=now,
+            reasons=changed,
+            enforce_capacity=not strategy.oversubscribes,
+            suspend=decision.suspend,
+            on_suspend=self.suspend,
         )

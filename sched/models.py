@@ -54,6 +54,8 @@ class EventKind(StrEnum):
     DEVICE_REMOVE = "device_remove"
     DEVICE_DOWN = "device_down"
     DEVICE_UP = "device_up"
+    SUSPEND = "suspend"  # a CPU stage paused (SIGSTOP) while a CPU target is measured
+    RESUME = "resume"
 
 
 class ResourceKind(StrEnum):
@@ -120,6 +122,7 @@ class Held:
     resources: dict[str, int]
     granted_at: float
     started_at: float | None = None
+    suspended: bool = False  # paused for a measurement; its resources are lent to it
 
 
 @dataclass(frozen=True)

@@ -64,11 +64,29 @@ def simulate(
     resources: list[Resource],
     db_path: str | Path,
     active_limit: int = 1000,
+    preempt: bool = True,
 ) -> SimulationResult:
+    """Run ``specs`` to the end; ``preempt`` lets CPU-target measurements suspend stages
+    (a suspended stage's end moves later by the time it spent suspended)."""
     parsed = [MockSpec.parse(s) if isinstance(s, str) else s for s in specs]
     registry = Registry(db_path)
     registry.replace_resources(resources)
-    dispatcher = Dispatcher(registry, strategy=strategy)
+    finish: dict[int, float] = {}  # epoch -> simulated end of a running stage
+    left: dict[int, float] = {}  # epoch -> seconds a suspended stage has left
+    clock = [0.0]
+
+    def suspend(leases: list[dict]) -> None:
+        for lease in leases:
+            left[lease["epoch"]] = finish.pop(lease["epoch"]) - clock[0]
+
+    def resume(leases: list[dict]) -> None:
+        for lease in leases:
+            finish[lease["epoch"]] = clock[0] + left.pop(lease["epoch"])
+            heapq.heappush(running, (finish[lease["epoch"]], lease["epoch"], lease["job_id"]))
+
+    dispatcher = Dispatcher(
+        registry, strategy=strategy, suspend=suspend if preempt else None, resume=resume
+    )
     capacity = {r.name: r.capacity for r in resources}
     now = 0.0
     queued: list[tuple[int, MockSpec]] = []
@@ -99,8 +117,12 @@ def simulate(
 
     admit()
     while True:
+        clock[0] = now
+        dispatcher.resume_finished(now)  # before counting: resumed stages hold units again
         in_use = {name: 0 for name in capacity}
         for lease in registry.active_leases():
+            if lease.suspended:
+                continue
             for name, amount in lease.resources.items():
                 in_use[name] += amount
         for grant in dispatcher.dispatch(now):
@@ -108,15 +130,21 @@ def simulate(
             registry.start_stage(grant.epoch, now=now)
             for name, amount in grant.resources.items():
                 in_use[name] += amount
-            slowdown = max([in_use[n] / capacity[n] for n in grant.resources] + [1.0])
-            heapq.heappush(
-                running, (now + job.planned_seconds() * slowdown, grant.epoch, grant.job_id)
-            )
+            slowdown = 1.0
+            if dispatcher.strategy.oversubscribes:  # the others never exceed a capacity
+                slowdown = max([in_use[n] / capacity[n] for n in grant.resources] + [1.0])
+            finish[grant.epoch] = now + job.planned_seconds() * slowdown
+            heapq.heappush(running, (finish[grant.epoch], grant.epoch, grant.job_id))
+        while running and finish.get(running[0][1]) != running[0][0]:
+            heapq.heappop(running)  # a suspended stage's old end, or a moved one
         if not running:
             break
         now = running[0][0]
         while running and running[0][0] <= now:
-            _, epoch, job_id = heapq.heappop(running)
+            end, epoch, job_id = heapq.heappop(running)
+            if finish.get(epoch) != end:
+                continue
+            del finish[epoch]
             job, attempt = jobs[job_id]
             outcome = job.run_stage()
             stages += 1

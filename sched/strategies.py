@@ -9,6 +9,12 @@ Placement rules shared by all strategies (``place``):
 - ``device: 1`` takes one free exclusive device of the job's device kind;
 - a stage on a ``cpu-device`` also claims every cpu slot, so no other job's CPU work
   runs while a CPU target is measured (it would distort the timings).
+
+Preemption (``preemption``): when such a stage waits only for other jobs' search or
+build stages, the controlled strategies grant it at once and name those stages'
+leases to suspend.  The daemon stops their runners (SIGSTOP) before the grant is
+visible and continues them (SIGCONT) when the measurement's lease ends, so a short
+measurement never waits behind a long search and no core idles meanwhile.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from .models import Held, Pending, Resource, ResourceKind
 
 DEVICE_KINDS = (ResourceKind.GPU, ResourceKind.CPU_DEVICE, ResourceKind.DEVICE)
 DEFAULT_STAGE_SECONDS = 1.0
+# stages that may be suspended for a measurement: pure CPU work that holds no lock
+# another job needs (update and prepare write tuning records, so they are left running)
+PREEMPTIBLE_KINDS = frozenset({"search", "build"})
 
 
 @dataclass
@@ -30,10 +39,14 @@ class Snapshot:
     now: float
     # (per (job, stage kind), per stage kind) mean seconds; only for strategies that ask.
     estimates: tuple[dict[tuple[int, str], float], dict[str, float]] | None = None
+    preempt: bool = False  # may a CPU-target measurement suspend other jobs' CPU stages?
 
     def free(self) -> dict[str, int]:
+        """Units free now; a suspended lease's units are lent to the stage it paused for."""
         free = {name: r.capacity for name, r in self.resources.items()}
         for lease in self.leases:
+            if lease.suspended:
+                continue
             for name, amount in lease.resources.items():
                 if name in free:
                     free[name] -= amount
@@ -51,6 +64,7 @@ class Snapshot:
 class Decision:
     grants: list[tuple[Pending, dict[str, int]]] = field(default_factory=list)
     waits: dict[int, str] = field(default_factory=dict)  # job id -> why it waits
+    suspend: dict[int, list[int]] = field(default_factory=dict)  # request id -> epochs to pause
 
 
 def _matches(resource: Resource, device_kind: str | None) -> bool:
@@ -122,12 +136,51 @@ def wanted(
     return want, ""
 
 
+def preemption(
+    p: Pending, snap: Snapshot, free: dict[str, int], blocked: set[str]
+) -> tuple[dict[str, int], list[int]] | None:
+    """Resources for a CPU-target stage that waits only for other jobs' search or build
+    stages, and the leases to suspend while it runs; None if it must wait after all.
+
+    Only the cpu pool may be taken this way: the device itself must be free and not
+    reserved, and every running holder of the pool must be a preemptible stage of
+    another job (a stage that holds a device, even a GPU, is never paused mid-timing).
+    """
+    if not snap.preempt or not p.needs.get("device"):
+        return None
+    pool = next((r for r in snap.resources.values() if r.kind is ResourceKind.CPU), None)
+    if pool is None:
+        return None
+    holders = [
+        lease
+        for lease in snap.leases
+        if not lease.suspended and lease.resources.get(pool.name, 0) > 0
+    ]
+    if not holders or any(
+        lease.job_id == p.job_id
+        or lease.kind not in PREEMPTIBLE_KINDS
+        or set(lease.resources) != {pool.name}
+        for lease in holders
+    ):
+        return None
+    lent = sum(lease.resources[pool.name] for lease in holders)
+    trial = dict(free)
+    trial[pool.name] = free[pool.name] + lent
+    want, _ = wanted(p, snap, trial, blocked=blocked - {pool.name})
+    if want is None or not any(
+        snap.resources[name].kind is ResourceKind.CPU_DEVICE for name in want
+    ):
+        return None
+    return want, [lease.epoch for lease in holders]
+
+
 class Strategy:
     """Base: grant in order while resources are free, reserving for blocked requests."""
 
     name: ClassVar[str] = "base"
     uses_estimates: ClassVar[bool] = False
     oversubscribes: ClassVar[bool] = False  # True only for the uncontrolled strategy
+    preempts: ClassVar[bool] = True  # may suspend CPU stages for a CPU-target measurement
 
     def max_active_jobs(self, limit: int) -> int:
         return limit
@@ -148,6 +201,8 @@ class Strategy:
                 decision.waits[p.job_id] = not_allowed_why
                 continue
             want, why = wanted(p, snap, free, blocked=blocked)
+            if want is None and self._preempt(p, snap, free, blocked, decision):
+                continue
             if want is None:
                 decision.waits[p.job_id] = why
                 # Reserve what it waits for: later requests may not starve it.
@@ -158,6 +213,31 @@ class Strategy:
                 free[name] -= amount
             decision.grants.append((p, want))
         return decision
+
+    def _preempt(
+        self,
+        p: Pending,
+        snap: Snapshot,
+        free: dict[str, int],
+        blocked: set[str],
+        decision: Decision,
+    ) -> bool:
+        """Grant ``p`` by suspending the CPU stages in its way, if it may (``preemption``)."""
+        if not self.preempts:
+            return False
+        found = preemption(p, snap, free, blocked)
+        if found is None:
+            return False
+        want, epochs = found
+        for lease in snap.leases:
+            if lease.epoch in epochs:
+                for name, amount in lease.resources.items():
+                    free[name] += amount  # lent to p until it ends
+        for name, amount in want.items():
+            free[name] -= amount
+        decision.grants.append((p, want))
+        decision.suspend[p.request_id] = epochs
+        return True
 
 
 class Interleaved(Strategy):
@@ -190,6 +270,7 @@ class Synchronous(Strategy):
 
     name = "synchronous"
     oversubscribes = True
+    preempts = False
 
     def decide(self, snap: Snapshot) -> Decision:
         decision = Decision()
@@ -246,6 +327,8 @@ class Predictive(Strategy):
         shadow: dict[str, float] = {}  # reserved resource -> when its waiter could start
         for p in self.order(snap):
             want, why = wanted(p, snap, free)
+            if want is None and self._preempt(p, snap, free, set(shadow), decision):
+                continue
             if want is None:
                 decision.waits[p.job_id] = why
                 full, _ = wanted(p, snap, free, check=False)
@@ -270,8 +353,14 @@ class Predictive(Strategy):
             if missing <= 0:
                 continue
             ends = sorted(
-                (max(snap.now, (lease.started_at or lease.granted_at)
-                     + self._estimate(snap, lease.job_id, lease.kind)), held)
+                (
+                    max(
+                        snap.now,
+                        (lease.started_at or lease.granted_at)
+                        + self._estimate(snap, lease.job_id, lease.kind),
+                    ),
+                    held,
+                )
                 for lease in snap.leases
                 for res, held in lease.resources.items()
                 if res == name

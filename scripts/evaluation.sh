@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# docs/evaluation.md: run the evaluation-small matrix (about 1.5 h on 2 cores), then print
-# its tables and draw its figures. With --report-only, just the tables and figures from
+# docs/evaluation.md: run the evaluation-small matrix (about 1.5 h on 2 cores) and the
+# evaluation-preempt points (about 45 min), then print their tables and draw the figures. With --report-only, just the tables and figures from
 # the recorded results (docs/evaluation/results.db).
 #   bash scripts/evaluation.sh [--report-only] [DB]
 set -euo pipefail
@@ -11,6 +11,7 @@ DB=${1:-docs/evaluation/results.db}
 if [ $REPORT_ONLY = 0 ]; then
     superb run benchmarks.toml --only evaluation-small-alone --db "$DB" --resume
     superb run benchmarks.toml --only evaluation-small --db "$DB" --resume
+    superb run benchmarks.toml --only evaluation-preempt --db "$DB" --resume
 fi
 echo "## evaluation view"
 superb report --db "$DB" --only evaluation-small --view evaluation --format markdown
@@ -19,3 +20,7 @@ superb report --db "$DB" --only evaluation-small --format markdown
 echo "## each model tuned alone"
 superb report --db "$DB" --only evaluation-small-alone --group-by workload --format markdown
 superb plot --db "$DB" --only evaluation-small --output docs/figures/evaluation
+echo "## with preemption"
+superb report --db "$DB" --only evaluation-preempt --view evaluation --format markdown
+superb report --db "$DB" --only evaluation-preempt --format markdown
+superb plot --db "$DB" --only evaluation-preempt --output docs/figures/evaluation

@@ -107,7 +107,9 @@ class RegistryBase:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     @contextmanager
-    def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+    def _write(
+        self, conn: sqlite3.Connection | None = None, *, gate: bool = False
+    ) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``), queued on a ``flock`` first.
 
         SQLite's busy handler polls a held lock by sleeping 1, 2, 5, 10 ... 100 ms, so with
@@ -120,13 +122,17 @@ class RegistryBase:
         lock; every other writer first passes a gate that admits one at a time. So the
         daemon's grants wait behind at most one runner's write, not behind all of them.
 
+        ``gate=True`` makes even the daemon pass the gate: it must hold both locks when it
+        suspends runners, so that none is stopped while holding one.
+
         Each thread has its own descriptors, and a forked child opens its own: a
         ``flock`` belongs to the open file, so an inherited one would share the parent's.
         """
         conn = conn or self.conn
-        gate, lock = self._lock_fds()
-        if not self.priority:
-            fcntl.flock(gate, fcntl.LOCK_EX)
+        gate_fd, lock = self._lock_fds()
+        use_gate = gate or not self.priority
+        if use_gate:
+            fcntl.flock(gate_fd, fcntl.LOCK_EX)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -140,8 +146,8 @@ class RegistryBase:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         finally:
-            if not self.priority:
-                fcntl.flock(gate, fcntl.LOCK_UN)
+            if use_gate:
+                fcntl.flock(gate_fd, fcntl.LOCK_UN)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Apply missing migrations; a read first, so a current file costs no write lock."""

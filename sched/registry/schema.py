@@ -68,4 +68,14 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX jobs_parent ON jobs(parent_id)",
         ],
     ),
+    (
+        "preemption",
+        [
+            # a CPU stage suspended while a CPU target is measured: the request it was
+            # suspended for, since when, and the seconds it has spent suspended so far
+            "ALTER TABLE leases ADD COLUMN suspended_for INTEGER",
+            "ALTER TABLE leases ADD COLUMN suspended_at REAL",
+            "ALTER TABLE leases ADD COLUMN paused_s REAL NOT NULL DEFAULT 0",
+        ],
+    ),
 ]

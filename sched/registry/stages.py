@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..models import (
@@ -98,22 +99,35 @@ class StagesMixin(RegistryBase):
         now: float | None = None,
         reasons: dict[int, str] | None = None,
         enforce_capacity: bool = True,
+        suspend: dict[int, list[int]] | None = None,
+        on_suspend: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> list[Grant]:
         """Turn decisions into leases in one transaction.
 
         Requests no longer pending are skipped, and so (unless ``enforce_capacity`` is off,
         for the uncontrolled strategy) is any grant that would exceed a capacity: a
         double grant is impossible even if two dispatchers raced.
+
+        ``suspend`` names, per request, the leases to suspend before it is granted (see
+        ``strategies.preemption``). ``on_suspend`` gets their holders while this
+        transaction holds both registry locks, gate included, so no runner it stops can
+        be inside a registry write or holding the gate; it must return only once they
+        are stopped. Their units then count as lent to the new lease.
         """
         done: list[Grant] = []
-        with self._write() as conn:
+        suspend = {rid: epochs for rid, epochs in (suspend or {}).items() if epochs}
+        with self._write(gate=bool(suspend)) as conn:
             now = time.time() if now is None else now  # stamped under the write lock
             capacity = dict(conn.execute("SELECT name, capacity FROM resources").fetchall())
             used: dict[str, int] = {}
-            for (held,) in conn.execute("SELECT resources FROM leases WHERE state = 'active'"):
+            for (held,) in conn.execute(
+                "SELECT resources FROM leases WHERE state = 'active' AND suspended_for IS NULL"
+            ):
                 for name, amount in json.loads(held).items():
                     used[name] = used.get(name, 0) + amount
             for pending, resources in grants:
+                if pending.request_id in suspend:
+                    self._suspend(conn, pending, suspend[pending.request_id], used, on_suspend, now)
                 if enforce_capacity and any(
                     used.get(n, 0) + a > capacity.get(n, 0) for n, a in resources.items()
                 ):
@@ -160,12 +174,90 @@ class StagesMixin(RegistryBase):
                 conn.execute("UPDATE jobs SET wait_reason = ? WHERE id = ?", (reason, job_id))
         return done
 
+    def _suspend(
+        self,
+        conn,
+        pending: Pending,
+        epochs: list[int],
+        used: dict[str, int],
+        on_suspend,
+        now: float,
+    ) -> None:
+        """Suspend the still-active leases in ``epochs`` for ``pending`` (inside ``grant``)."""
+        marks = ",".join("?" * len(epochs))
+        rows = [
+            dict(r)
+            for r in conn.execute(
+                "SELECT epoch, job_id, kind, resources, holder_pid, holder_started FROM leases"
+                f" WHERE epoch IN ({marks}) AND state = 'active' AND suspended_for IS NULL",
+                epochs,
+            )
+        ]
+        if not rows:
+            return
+        if on_suspend is not None:
+            on_suspend(rows)
+        for row in rows:
+            conn.execute(
+                "UPDATE leases SET suspended_for = ?, suspended_at = ? WHERE epoch = ?",
+                (pending.request_id, now, row["epoch"]),
+            )
+            conn.execute(
+                "UPDATE jobs SET wait_reason = ? WHERE id = ?",
+                (f"{row['kind']} suspended while job {pending.job_id} measures", row["job_id"]),
+            )
+            held = json.loads(row["resources"])
+            for name, amount in held.items():
+                used[name] = used.get(name, 0) - amount
+            self._event(
+                conn,
+                now,
+                EventKind.SUSPEND,
+                row["job_id"],
+                row["kind"],
+                row["epoch"],
+                held,
+                {"for_job": pending.job_id, "for_request": pending.request_id},
+            )
+
+    def suspended_leases(self, *, finished_only: bool = True) -> list[dict[str, Any]]:
+        """Suspended leases whose measurement has ended (all of them: ``finished_only=False``)."""
+        done = (
+            " AND NOT EXISTS (SELECT 1 FROM leases m WHERE m.request_id = l.suspended_for"
+            " AND m.state = 'active')"
+            if finished_only
+            else ""
+        )
+        rows = self.conn.execute(
+            "SELECT l.epoch, l.job_id, l.kind, l.holder_pid, l.holder_started FROM leases l"
+            f" WHERE l.state = 'active' AND l.suspended_for IS NOT NULL{done} ORDER BY l.epoch"
+        )
+        return [dict(r) for r in rows]
+
+    def resume_leases(self, epochs: list[int], *, now: float | None = None) -> None:
+        """Record suspended leases as running again (their runners already continued)."""
+        if not epochs:
+            return
+        with self._write() as conn:
+            now = time.time() if now is None else now  # stamped under the write lock
+            marks = ",".join("?" * len(epochs))
+            rows = conn.execute(
+                "UPDATE leases SET paused_s = paused_s + MAX(0, ? - suspended_at),"
+                " suspended_for = NULL, suspended_at = NULL, heartbeat_at = ?"
+                f" WHERE epoch IN ({marks}) AND state = 'active' AND suspended_for IS NOT NULL"
+                " RETURNING epoch, job_id, kind, resources",
+                [now, now, *epochs],
+            ).fetchall()
+            for epoch, job_id, kind, resources in rows:
+                conn.execute("UPDATE jobs SET wait_reason = NULL WHERE id = ?", (job_id,))
+                self._event(conn, now, EventKind.RESUME, job_id, kind, epoch, json.loads(resources))
+
     def active_leases(self) -> list[Held]:
         rows = self.conn.execute(
-            "SELECT epoch, job_id, kind, resources, granted_at, started_at FROM leases"
-            " WHERE state = 'active' ORDER BY epoch"
+            "SELECT epoch, job_id, kind, resources, granted_at, started_at,"
+            " suspended_for IS NOT NULL FROM leases WHERE state = 'active' ORDER BY epoch"
         )
-        return [Held(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+        return [Held(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], bool(r[6])) for r in rows]
 
     def start_stage(self, epoch: int, *, now: float | None = None) -> None:
         with self._write() as conn:
@@ -206,14 +298,16 @@ class StagesMixin(RegistryBase):
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock
             row = conn.execute(
-                "SELECT job_id, kind, resources, request_id, started_at FROM leases"
+                "SELECT job_id, kind, resources, request_id, started_at,"
+                " paused_s + COALESCE(? - suspended_at, 0) FROM leases"
                 " WHERE epoch = ? AND state = 'active'",
-                (epoch,),
+                (now, epoch),
             ).fetchone()
             if row is None:
                 raise Fenced(f"lease {epoch} is no longer active")
-            job_id, kind, resources, request_id, recorded_start = row
+            job_id, kind, resources, request_id, recorded_start, paused = row
             resources = json.loads(resources)
+            seconds = max(0.0, seconds - paused)  # time spent suspended is not the stage's
             start = started_at if started_at is not None else now
             conn.execute(
                 "UPDATE leases SET state = 'released', released_at = ?,"
@@ -254,11 +348,12 @@ class StagesMixin(RegistryBase):
             )
 
     def stale_leases(self, before: float) -> list[dict[str, Any]]:
-        """Active leases of started stages whose heartbeat is older than ``before``."""
+        """Active, running leases of started stages whose heartbeat is older than ``before``."""
         rows = self.conn.execute(
             "SELECT l.epoch, l.job_id, j.attempt, l.holder_pid, l.holder_started, l.heartbeat_at"
             " FROM leases l JOIN jobs j ON j.id = l.job_id"
-            " WHERE l.state = 'active' AND l.started_at IS NOT NULL AND l.heartbeat_at < ?",
+            " WHERE l.state = 'active' AND l.started_at IS NOT NULL AND l.heartbeat_at < ?"
+            " AND l.suspended_for IS NULL",  # a suspended runner cannot beat
             (before,),
         )
         return [dict(r) for r in rows]
@@ -295,7 +390,8 @@ class StagesMixin(RegistryBase):
         return out
 
     def stage_intervals(self, *, job_id: int | None = None) -> list[dict[str, Any]]:
-        """One row per lease, rebuilt from the event log: grant, start, end, release times."""
+        """One row per lease, rebuilt from the event log: grant, start, end, release times,
+        and ``paused``, the [suspended, resumed] windows (resumed None while suspended)."""
         where, args = ("AND g.job_id = ?", [job_id]) if job_id is not None else ("", [])
         rows = self.conn.execute(
             "SELECT g.epoch, g.job_id, g.stage, g.resources, g.ts AS granted,"
@@ -306,9 +402,19 @@ class StagesMixin(RegistryBase):
             f" FROM events g WHERE g.kind = 'grant' {where} ORDER BY g.epoch",
             args,
         )
+        paused: dict[int, list[list[float | None]]] = {}
+        for epoch, kind, ts in self.conn.execute(
+            "SELECT epoch, kind, ts FROM events WHERE kind IN ('suspend', 'resume') ORDER BY id"
+        ):
+            windows = paused.setdefault(epoch, [])
+            if kind == "suspend":
+                windows.append([ts, None])
+            elif windows and windows[-1][1] is None:
+                windows[-1][1] = ts
         out = []
         for r in rows:
             interval = dict(r)
             interval["resources"] = json.loads(interval["resources"])
+            interval["paused"] = paused.get(interval["epoch"], [])
             out.append(interval)
         return out
