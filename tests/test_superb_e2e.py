@@ -59,6 +59,8 @@ def test_mock_points_end_to_end(tmp_path):
     for point in points:
         assert point["makespan_s"] > 0 and point["trials"] > 0
         assert db.counts(point["key"])["job_results"] == 2
+        for job in db.job_results([point["key"]]):  # a MockJob's latencies are not real
+            assert job["tuned_ms"] is None and job["untuned_ms"] is None
         assert db.counts(point["key"])["events"] > 0
         assert {r["resource"] for r in db.resources([point["key"]])} >= {"cpu"}
     env = db.runs()[0]["environment"]
