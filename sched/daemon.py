@@ -343,28 +343,38 @@ class Daemon:
         while _alive(found.pid, found.started) and time.time() < deadline:
             time.sleep(0.01)
 
-    def _suspend_holders(self, leases: list[dict]) -> None:
-        """SIGSTOP the runners (and their workers) of ``leases``; return once stopped.
+    def _suspend_holders(self, leases: list[dict]) -> list[int]:
+        """SIGSTOP the runners (and their workers) of ``leases``; the epochs now stopped.
 
         Called by ``Registry.grant`` while it holds both registry locks, so no runner is
-        stopped inside a registry write. A holder that is gone is skipped: the daemon
-        reclaims its lease as for any dead runner.
+        stopped inside a registry write. Every thread must have stopped before the locks
+        are released: a thread still running then could take the gate and stop holding
+        it, and the measurement could never record its end. A holder that does not stop
+        within ``STOP_WAIT_S`` is continued and left out; one that is gone is left out
+        too (the daemon reclaims its lease as for any dead runner).
         """
-        stopped = []
+        signalled: dict[int, int] = {}
         for lease in leases:
             pid, started = lease["holder_pid"], lease["holder_started"]
             if not pid or not _alive(pid, started):
                 continue
             try:
                 _signal_group(pid, signal.SIGSTOP)
-                stopped.append(pid)
+                signalled[lease["epoch"]] = pid
             except ProcessLookupError:
                 continue
         deadline = time.monotonic() + STOP_WAIT_S
-        while stopped and time.monotonic() < deadline:
-            if all(_stopped(pid) for pid in stopped):
-                return
-            time.sleep(0.001)
+        waiting = dict(signalled)
+        while waiting and time.monotonic() < deadline:
+            waiting = {epoch: pid for epoch, pid in waiting.items() if not _stopped(pid)}
+            if waiting:
+                time.sleep(0.001)
+        for pid in waiting.values():  # would not stop in time: let it go on, unsuspended
+            try:
+                _signal_group(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        return [epoch for epoch in signalled if epoch not in waiting]
 
     def _resume_holders(self, leases: list[dict]) -> None:
         for lease in leases:
@@ -431,18 +441,31 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def _stopped(pid: int) -> bool:
-    """Are this process and every process in its group stopped (or gone)?"""
+    """Are every thread of this process and of its descendants stopped (or gone)?
+
+    A process's own state is its main thread's: the other threads of a SIGSTOPped
+    process stop a moment later, each when it next runs. So every thread is checked.
+    """
     try:
-        procs = [psutil.Process(pid)]
-        procs += procs[0].children(recursive=True)
+        pids = [pid] + [child.pid for child in psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         return True
-    for proc in procs:
+    return all(_threads_stopped(one) for one in pids)
+
+
+def _threads_stopped(pid: int) -> bool:
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for tid in tids:
         try:
-            if proc.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
-                return False
-        except psutil.NoSuchProcess:
-            continue
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # that thread is gone
+        if state not in (b"T", b"Z", b"X"):
+            return False
     return True
 
 

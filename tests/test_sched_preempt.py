@@ -6,12 +6,14 @@ simulator, and the daemon with real forked runners that it stops and continues.
 
 import fcntl
 import os
+import subprocess
+import sys
 import time
 
 import psutil
 import pytest
 
-from tvmsched import api
+from tvmsched import api, daemon
 from tvmsched.analysis import exclusive_overlaps, peak_usage, resource_intervals
 from tvmsched.dispatch import Dispatcher
 from tvmsched.models import Held, Pending, Resource, ResourceKind
@@ -299,3 +301,74 @@ def test_no_preempt_flag_keeps_the_measurement_waiting(db):
     assert set(api.wait(db, [long, short], timeout=60).values()) == {"done"}
     assert not [e for e in Registry(db).events() if e["kind"] == "suspend"]
     assert Registry(db).get_setting("preempt") == "off"
+
+
+def test_a_holder_that_does_not_stop_is_not_suspended(tmp_path):
+    registry = Registry(tmp_path / "sched.db", priority=True)
+    a, b, attempts = two_jobs(registry)
+    dispatcher = Dispatcher(registry, strategy="interleaved", suspend=lambda rows: [])
+    [searching] = dispatcher.dispatch(now=1.0)
+    registry.request_stage(b, attempts[b], 0, "measure", {"device": 1}, now=2.0)
+    assert dispatcher.dispatch(now=2.0) == []  # its holder runs on: the cores are not free
+    assert [lease.suspended for lease in registry.active_leases()] == [False]
+    assert not [e for e in registry.events() if e["kind"] == "suspend"]
+
+
+def test_a_held_gate_makes_the_grant_give_up_preempting_not_hang(tmp_path, monkeypatch):
+    from tvmsched.registry import stages
+
+    monkeypatch.setattr(stages, "GATE_WAIT_S", 0.2)
+    registry = Registry(tmp_path / "sched.db", priority=True)
+    a, b, attempts = two_jobs(registry)
+    dispatcher = Dispatcher(registry, strategy="interleaved", suspend=lambda rows: None)
+    dispatcher.dispatch(now=1.0)
+    registry.request_stage(b, attempts[b], 0, "measure", {"device": 1}, now=2.0)
+    fd = os.open(str(tmp_path / "sched.db-gate"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a runner stuck inside a write
+        started = time.monotonic()
+        assert dispatcher.dispatch(now=2.0) == []
+        assert time.monotonic() - started < 5
+    finally:
+        os.close(fd)
+    assert [g.job_id for g in dispatcher.dispatch(now=3.0)] == [b]
+
+
+def test_stopped_means_every_thread_of_every_process_stopped():
+    code = (
+        "import subprocess, sys, threading, time\n"
+        "threading.Thread(target=time.sleep, args=(60,)).start()\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        wait_for(lambda: psutil.Process(proc.pid).children(), 10)
+        assert not daemon._stopped(proc.pid)
+        os.killpg(proc.pid, 19)  # SIGSTOP, to the group as the daemon sends it
+        wait_for(lambda: daemon._stopped(proc.pid), 5)
+        assert len(os.listdir(f"/proc/{proc.pid}/task")) == 2
+        os.killpg(proc.pid, 18)  # SIGCONT
+        wait_for(lambda: not daemon._stopped(proc.pid), 5)
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+def test_the_daemon_continues_a_holder_that_will_not_stop_in_time(monkeypatch):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        started = psutil.Process(proc.pid).create_time()
+        monkeypatch.setattr(daemon, "_stopped", lambda pid: False)
+        monkeypatch.setattr(daemon, "STOP_WAIT_S", 0.1)
+        holder = {"epoch": 5, "holder_pid": proc.pid, "holder_started": started}
+        assert daemon.Daemon._suspend_holders(None, [holder]) == []
+        wait_for(lambda: psutil.Process(proc.pid).status() != psutil.STATUS_STOPPED, 5)
+        monkeypatch.undo()
+        assert daemon.Daemon._suspend_holders(None, [holder]) == [5]
+        assert psutil.Process(proc.pid).status() == psutil.STATUS_STOPPED
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()

@@ -106,6 +106,20 @@ class RegistryBase:
         path = self.path.with_name(self.path.name + suffix)
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
+    def _gate_ready(self, timeout: float) -> bool:
+        """Take the writers' gate within ``timeout`` seconds (the next ``_write(gate=True)``
+        of this thread keeps and then releases it); False if it stayed held."""
+        gate_fd, _ = self._lock_fds()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(gate_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.001)
+
     @contextmanager
     def _write(
         self, conn: sqlite3.Connection | None = None, *, gate: bool = False

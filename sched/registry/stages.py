@@ -17,6 +17,8 @@ from ..models import (
 )
 from .base import RegistryBase, _dumps
 
+GATE_WAIT_S = 2.0  # how long a grant that suspends stages waits for the writers' gate
+
 
 class StagesMixin(RegistryBase):
     def _insert_request(self, conn, job_id, attempt, stage_index, kind, needs, info, now) -> int:
@@ -100,7 +102,7 @@ class StagesMixin(RegistryBase):
         reasons: dict[int, str] | None = None,
         enforce_capacity: bool = True,
         suspend: dict[int, list[int]] | None = None,
-        on_suspend: Callable[[list[dict[str, Any]]], None] | None = None,
+        on_suspend: Callable[[list[dict[str, Any]]], list[int] | None] | None = None,
     ) -> list[Grant]:
         """Turn decisions into leases in one transaction.
 
@@ -111,11 +113,18 @@ class StagesMixin(RegistryBase):
         ``suspend`` names, per request, the leases to suspend before it is granted (see
         ``strategies.preemption``). ``on_suspend`` gets their holders while this
         transaction holds both registry locks, gate included, so no runner it stops can
-        be inside a registry write or holding the gate; it must return only once they
-        are stopped. Their units then count as lent to the new lease.
+        be inside a registry write or holding the gate; it returns once they are stopped,
+        with the epochs that did stop (None: all). Their units count as lent to the new
+        lease; a holder that did not stop keeps its units, so the grant fails the
+        capacity check and the request waits.
+
+        The gate is awaited for at most ``GATE_WAIT_S``: if a runner holds it longer, the
+        grants go ahead without their suspensions (and so, for those, wait).
         """
         done: list[Grant] = []
         suspend = {rid: epochs for rid, epochs in (suspend or {}).items() if epochs}
+        if suspend and not self._gate_ready(GATE_WAIT_S):
+            suspend = {}
         with self._write(gate=bool(suspend)) as conn:
             now = time.time() if now is None else now  # stamped under the write lock
             capacity = dict(conn.execute("SELECT name, capacity FROM resources").fetchall())
@@ -196,7 +205,9 @@ class StagesMixin(RegistryBase):
         if not rows:
             return
         if on_suspend is not None:
-            on_suspend(rows)
+            stopped = on_suspend(rows)
+            if stopped is not None:  # the holders that did stop; the others run on
+                rows = [row for row in rows if row["epoch"] in stopped]
         for row in rows:
             conn.execute(
                 "UPDATE leases SET suspended_for = ?, suspended_at = ? WHERE epoch = ?",
