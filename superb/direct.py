@@ -152,7 +152,9 @@ def _child_main(conn, target: Callable[..., None], args: tuple, log_path: Path) 
 def _engine_child(conn, point: RunPoint, path: str, work_dir: str) -> None:
     from simpletvm.engine import TuningJob, TuningOptions
 
-    options = TuningOptions(trials=point.trials, per_round=point.per_round, seed=point.seed)
+    options = TuningOptions(
+        trials=point.trials, per_round=point.per_round, seed=point.seed, **dict(point.options)
+    )
     shapes = point.models[0].input_shapes
     job = TuningJob.from_model(
         path,

@@ -40,6 +40,7 @@ class RunPoint:
     mix: tuple[str, ...] = ()  # the experiment's model mix this point draws its jobs from
     baselines: tuple[Baseline, ...] = ()
     timeout: float | None = None
+    options: tuple[tuple[str, int | float], ...] = ()  # extra TuningOptions of every job
 
     @property
     def kind(self) -> PointKind:
@@ -65,6 +66,8 @@ class RunPoint:
             "jobs": self.jobs,
             "seed": self.seed,
             "repeat": self.repeat,
+            # only when set: the points recorded before options existed keep their keys
+            **({"options": dict(self.options)} if self.options else {}),
         }
 
     @property
@@ -115,6 +118,7 @@ def expand(experiment: Experiment) -> list[RunPoint]:
                 mix=tuple(m.label for m in mix),
                 baselines=experiment.baselines,
                 timeout=experiment.timeout,
+                options=experiment.options,
             )
             if point.key not in seen:
                 seen.add(point.key)

@@ -92,6 +92,8 @@ def _submission(point: RunPoint, index: int, work_dir: Path) -> dict[str, Any]:
     if point.mock is not None:
         args["mock"] = point.mock
     else:
+        if point.options:
+            args["options"] = dict(point.options)
         args["model"] = model_path(point.models[index], work_dir)
         args["output"] = str(work_dir / f"job{index}.so")
         args["tuning_db"] = str(work_dir / f"job{index}.tuning.db")

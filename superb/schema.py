@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from . import SuperbError
+from . import SuperbError, schedapi
 from .mockspec import mock_problem, parse_mock
 from .spec import Baseline, BenchmarkFile, Experiment, ModelRef, SchemaError, Strategy
 from .tomlpos import find_line, line_of_syntax_error
@@ -49,6 +49,7 @@ EXPERIMENT_KEYS = {
     "seed",
     "baselines",
     "timeout",
+    "options",
 }
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "target": ["llvm"],
@@ -60,6 +61,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "seed": [0],
     "baselines": ["untuned", "onnxruntime"],
     "timeout": None,
+    "options": {},
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -307,6 +309,7 @@ class _Validator:
                 *where("timeout"),
             )
         mixes, mocks = self.workload(what, merged, where, models)
+        options = self.options(what, merged["options"], bool(mocks), where)
         return Experiment(
             name=name,
             description=str(raw.get("description", "")),
@@ -321,7 +324,32 @@ class _Validator:
             seed=seed,
             baselines=tuple(Baseline(b) for b in baselines),
             timeout=float(timeout) if timeout is not None else None,
+            options=options,
         )
+
+    def options(self, what: str, value: Any, mock: bool, where) -> tuple:
+        """Extra tuning options: a table of TuningOptions fields sched accepts."""
+        if not isinstance(value, dict):
+            raise self.fail(
+                f"{what}: key 'options' must be a table such as "
+                f"{{ population_size = 128 }}, got {value!r}",
+                *where("options"),
+            )
+        if not value:
+            return ()
+        if mock:
+            raise self.fail(
+                f"{what}: key 'options' sets tuning options of real models; "
+                "MockJobs take none (remove it or use 'models')",
+                *where("options"),
+            )
+        try:
+            checked = schedapi.module("jobs").check_tuning_options(value)
+        except schedapi.SchedUnavailable as exc:
+            raise self.fail(f"{what}: key 'options': {exc}", *where("options")) from None
+        except ValueError as exc:
+            raise self.fail(f"{what}: key 'options': {exc}", *where("options")) from None
+        return tuple(sorted(checked.items()))
 
     def workload(self, what: str, merged: dict, where, models: dict[str, ModelRef]):
         has_models, has_mock = "models" in merged, "mock" in merged

@@ -56,6 +56,8 @@ class Experiment:
     seed: tuple[int, ...]
     baselines: tuple[Baseline, ...]
     timeout: float | None
+    # extra tuning options of every job (TuningOptions fields, e.g. population_size)
+    options: tuple[tuple[str, int | float], ...] = ()
 
 
 @dataclass(frozen=True)

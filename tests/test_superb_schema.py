@@ -322,3 +322,56 @@ def test_parse_rejects_garbage_with_schema_error_only(text):
         parse(text, source="x.toml")
     except SchemaError as exc:
         assert "\n" not in str(exc)
+
+
+def test_options_reach_every_point_and_only_set_options_change_a_key(tmp_path):
+    from superb.matrix import expand_all
+    from superb.schedpoint import _submission
+
+    bench = parse_text("""
+        [[experiment]]
+        name = "a"
+        models = ["mlp"]
+        jobs = [1, 2]
+        options = { population_size = 32, search_threads = 2 }
+
+        [[experiment]]
+        name = "b"
+        models = ["mlp"]
+    """)
+    with_options, without = bench.experiments
+    assert with_options.options == (("population_size", 32), ("search_threads", 2))
+    points = expand_all(bench.experiments)
+    direct, sched, plain = points
+    assert direct.params()["options"] == {"population_size": 32, "search_threads": 2}
+    assert "options" not in plain.params()  # keys recorded before options existed hold
+    assert _submission(sched, 1, tmp_path)["options"] == dict(sched.options)
+    assert "options" not in _submission(plain, 0, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ("{ bogus = 1 }", "unknown tuning option 'bogus'"),
+        ("{ population_size = -1 }", "must be a number >= 0"),
+        ("3", "must be a table"),
+    ],
+)
+def test_bad_options_are_refused_with_their_line(options, words):
+    err = error_of(f"""
+        [[experiment]]
+        name = "a"
+        models = ["mlp"]
+        options = {options}
+    """)
+    assert words in str(err) and err.line == 5
+
+
+def test_options_do_not_apply_to_mock_jobs():
+    err = error_of("""
+        [[experiment]]
+        name = "a"
+        mock = "rounds=1"
+        options = { population_size = 32 }
+    """)
+    assert "MockJobs take none" in str(err)
