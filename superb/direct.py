@@ -22,8 +22,7 @@ from typing import Any
 import psutil
 
 from .matrix import RunPoint
-from .outcome import ConvergencePoint, Event, JobOutcome, PointFailed, PointOutcome
-from .spec import Baseline
+from .outcome import Event, PointFailed, PointOutcome, job_outcome
 from .timeline import makespan, utilisation
 
 ProgressFn = Callable[[float | None, str], None]
@@ -233,24 +232,9 @@ def run_direct_point(
 def direct_outcome(
     point: RunPoint, result: dict, events: list[Event], wall_s: float
 ) -> PointOutcome:
-    job = JobOutcome(
-        index=0,
-        model=point.models[0].label,
-        status="done" if result else "failed",
-        tuned_ms=result.get("tuned_ms"),
-        tuned_std_ms=(result.get("tuned") or {}).get("std_ms"),
-        untuned_ms=result.get("untuned_ms") if Baseline.UNTUNED in point.baselines else None,
-        onnxruntime_ms=(
-            result.get("onnxruntime_ms") if Baseline.ONNXRUNTIME in point.baselines else None
-        ),
-        trials=result.get("trials"),
-        tuning_s=result.get("tuning_seconds"),
-        stage_seconds=dict(result.get("stage_seconds") or {}),
+    job, convergence = job_outcome(
+        0, point.models[0].label, result, point.baselines, status="done" if result else "failed"
     )
-    convergence = [
-        ConvergencePoint(0, int(c.get("trials", 0)), float(c.get("seconds", 0.0)), c.get("best_ms"))
-        for c in result.get("convergence") or []
-    ]
     out = PointOutcome(
         wall_s=wall_s,
         makespan_s=makespan(events) or None,

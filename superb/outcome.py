@@ -54,6 +54,40 @@ class JobOutcome:
     tuned_std_ms: float | None = None
 
 
+def job_outcome(
+    index: int,
+    model: str,
+    result: dict[str, Any],
+    baselines: tuple[str, ...] | list[str],
+    *,
+    status: str = "done",
+    error: str | None = None,
+    stage_seconds: dict[str, float] | None = None,
+) -> tuple[JobOutcome, list[ConvergencePoint]]:
+    """A job's outcome and convergence from the engine's result dict (``TuningJob.result``);
+    the untuned and onnxruntime latencies only for the baselines the point asked for."""
+    job = JobOutcome(
+        index=index,
+        model=model,
+        status=status,
+        error=error,
+        tuned_ms=result.get("tuned_ms"),
+        tuned_std_ms=(result.get("tuned") or {}).get("std_ms"),
+        untuned_ms=result.get("untuned_ms") if "untuned" in baselines else None,
+        onnxruntime_ms=result.get("onnxruntime_ms") if "onnxruntime" in baselines else None,
+        trials=result.get("trials"),
+        tuning_s=result.get("tuning_seconds"),
+        stage_seconds=dict(result.get("stage_seconds") or stage_seconds or {}),
+    )
+    convergence = [
+        ConvergencePoint(
+            index, int(c.get("trials", 0)), float(c.get("seconds", 0.0)), c.get("best_ms")
+        )
+        for c in result.get("convergence") or []
+    ]
+    return job, convergence
+
+
 @dataclass
 class PointOutcome:
     wall_s: float | None = None

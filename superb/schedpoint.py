@@ -16,8 +16,7 @@ from typing import Any
 from . import schedapi
 from .direct import Interrupted, ProgressFn, StopFn, kill_tree, model_path
 from .matrix import RunPoint
-from .outcome import ConvergencePoint, Event, JobOutcome, PointFailed, PointOutcome
-from .spec import Baseline
+from .outcome import Event, PointFailed, PointOutcome, job_outcome
 from .timeline import stage_seconds
 
 SCHED_DB = "sched.db"
@@ -195,33 +194,17 @@ def collect(
         if synthetic:
             result = {k: v for k, v in result.items() if k not in _LATENCIES}
         state = _text(job.get("state") or job.get("status") or "unknown")
-        outcome.jobs.append(
-            JobOutcome(
-                index=index,
-                model=labels[index],
-                status=state,
-                error=job.get("error"),
-                tuned_ms=result.get("tuned_ms"),
-                tuned_std_ms=(result.get("tuned") or {}).get("std_ms"),
-                untuned_ms=(
-                    result.get("untuned_ms") if Baseline.UNTUNED in point.baselines else None
-                ),
-                onnxruntime_ms=(
-                    result.get("onnxruntime_ms")
-                    if Baseline.ONNXRUNTIME in point.baselines
-                    else None
-                ),
-                trials=result.get("trials"),
-                tuning_s=result.get("tuning_seconds"),
-                stage_seconds=dict(result.get("stage_seconds") or stage_seconds(timeline, index)),
-            )
+        one, convergence = job_outcome(
+            index,
+            labels[index],
+            result,
+            point.baselines,
+            status=state,
+            error=job.get("error"),
+            stage_seconds=stage_seconds(timeline, index),
         )
-        outcome.convergence += [
-            ConvergencePoint(
-                index, int(c.get("trials", 0)), float(c.get("seconds", 0.0)), c.get("best_ms")
-            )
-            for c in result.get("convergence") or []
-        ]
+        outcome.jobs.append(one)
+        outcome.convergence += convergence
         if state != "done":
             failures.append(
                 f"job {index} ({labels[index]}) {state}: {job.get('error') or 'no error given'}"

@@ -241,3 +241,20 @@ def test_resume_after_sigkill_records_nothing_twice_and_loses_nothing(tmp_path):
     assert set(starts) == {p["key"] for p in after}  # nothing lost
     killed = [p for p in after if p["attempts"] == 2]
     assert len(killed) == 1  # only the point that was running when killed ran again
+
+
+def test_job_outcome_keeps_only_the_baselines_asked_for():
+    from superb.outcome import job_outcome
+
+    result = {
+        "tuned_ms": 1.0, "tuned": {"std_ms": 0.1}, "untuned_ms": 9.0, "onnxruntime_ms": 0.5,
+        "trials": 16, "tuning_seconds": 3.0,
+        "convergence": [{"trials": 8, "seconds": 1.5, "best_ms": 2.0}],
+    }  # fmt: skip
+    job, convergence = job_outcome(2, "cnn", result, ("untuned",), stage_seconds={"search": 1})
+    assert (job.index, job.model, job.tuned_ms, job.tuned_std_ms) == (2, "cnn", 1.0, 0.1)
+    assert job.untuned_ms == 9.0 and job.onnxruntime_ms is None
+    assert job.stage_seconds == {"search": 1}  # the result had none: the fallback
+    assert [(c.job_index, c.trials, c.best_ms) for c in convergence] == [(2, 8, 2.0)]
+    failed, nothing = job_outcome(0, "mlp", {}, (), status="failed", error="boom")
+    assert (failed.status, failed.error, failed.tuned_ms, nothing) == ("failed", "boom", None, [])
