@@ -10,6 +10,10 @@ runs interleaved and predictive without preemption (``inter/no-pre``, ``predi/no
 with it, a CPU-target measurement suspends the search and build stages in its way.
 
     .venv/bin/python benchmarks/sched_simulation.py [--jobs 100] [--seed 1]
+    .venv/bin/python benchmarks/sched_simulation.py --evaluation-mix   # docs/sched.md
+
+``--evaluation-mix`` runs only the cpu-target scenario, on the 3-job mix of
+docs/evaluation.md (``tvmsched.simulate.EVALUATION_MIX``) instead of random jobs.
 """
 
 import argparse
@@ -20,7 +24,7 @@ import time
 
 from tvmsched.mockjob import MockSpec
 from tvmsched.models import Resource, ResourceKind
-from tvmsched.simulate import simulate
+from tvmsched.simulate import EVALUATION_MIX, simulate
 from tvmsched.strategies import STRATEGIES
 
 SCENARIOS = {
@@ -79,11 +83,18 @@ def main():
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    parser.add_argument("--evaluation-mix", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sched-sim-") as workdir:
         for title, (device, resources) in SCENARIOS.items():
-            specs = workload(args.jobs, args.seed, device)
-            print(f"\n{args.jobs} jobs, {title}")
+            if args.evaluation_mix and device != "cpu":
+                continue
+            if args.evaluation_mix:
+                specs = [MockSpec.parse(text) for text in EVALUATION_MIX]
+                title = "the 3-job mix of docs/evaluation.md, " + title
+            else:
+                specs = workload(args.jobs, args.seed, device)
+            print(f"\n{len(specs)} jobs, {title}")
             print(f"{'strategy':<12} {'makespan s':>10} {'bound s':>8} {'ratio':>6}  utilisation")
             runs = [(name, True) for name in args.strategies]
             if device == "cpu":  # where preemption applies: the controlled ones without it

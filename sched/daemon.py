@@ -355,35 +355,23 @@ class Daemon:
         """
         signalled: dict[int, int] = {}
         for lease in leases:
-            pid, started = lease["holder_pid"], lease["holder_started"]
-            if not pid or not _alive(pid, started):
-                continue
-            try:
-                _signal_group(pid, signal.SIGSTOP)
+            pid = _signal_holder(lease, signal.SIGSTOP)
+            if pid is not None:
                 signalled[lease["epoch"]] = pid
-            except ProcessLookupError:
-                continue
         deadline = time.monotonic() + STOP_WAIT_S
         waiting = dict(signalled)
         while waiting and time.monotonic() < deadline:
             waiting = {epoch: pid for epoch, pid in waiting.items() if not _stopped(pid)}
             if waiting:
                 time.sleep(0.001)
-        for pid in waiting.values():  # would not stop in time: let it go on, unsuspended
-            try:
-                _signal_group(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        for lease in leases:  # would not stop in time: let it go on, unsuspended
+            if lease["epoch"] in waiting:
+                _signal_holder(lease, signal.SIGCONT)
         return [epoch for epoch in signalled if epoch not in waiting]
 
     def _resume_holders(self, leases: list[dict]) -> None:
         for lease in leases:
-            pid, started = lease["holder_pid"], lease["holder_started"]
-            if pid and _alive(pid, started):
-                try:
-                    _signal_group(pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
+            _signal_holder(lease, signal.SIGCONT)
 
     def _kill_silent(self, now: float) -> None:
         for lease in self.registry.stale_leases(now - self.config.heartbeat_timeout):
@@ -438,6 +426,18 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     else:
         os.kill(pid, sig)
+
+
+def _signal_holder(lease: dict, sig: int) -> int | None:
+    """Signal the runner holding ``lease`` (its group); its pid, or None if it is gone."""
+    pid, started = lease["holder_pid"], lease["holder_started"]
+    if not pid or not _alive(pid, started):
+        return None
+    try:
+        _signal_group(pid, sig)
+    except ProcessLookupError:
+        return None
+    return pid
 
 
 def _stopped(pid: int) -> bool:

@@ -16,7 +16,9 @@ from .strategies import Snapshot, Strategy, get_strategy
 DEFAULT_STRATEGY = "interleaved"
 
 
-SuspendFn = Callable[[list[dict[str, Any]]], None]
+# given the holders of leases: suspend returns the epochs it stopped (None: all of them)
+SuspendFn = Callable[[list[dict[str, Any]]], list[int] | None]
+ResumeFn = Callable[[list[dict[str, Any]]], None]
 
 
 def preempt_enabled(registry: Registry) -> bool:
@@ -35,7 +37,7 @@ class Dispatcher:
         *,
         strategy: str | Strategy | None = None,
         suspend: SuspendFn | None = None,
-        resume: SuspendFn | None = None,
+        resume: ResumeFn | None = None,
     ) -> None:
         self.registry = registry
         self._fixed = get_strategy(strategy) if strategy is not None else None
@@ -53,10 +55,9 @@ class Dispatcher:
             self._named = get_strategy(name)
         return self._named
 
-    def resume_finished(self, now: float | None = None, *, everything: bool = False) -> int:
-        """Continue the stages suspended for measurements that have ended (all of them with
-        ``everything``, as a daemon does when it starts or stops); returns how many."""
-        leases = self.registry.suspended_leases(finished_only=not everything)
+    def resume_finished(self, now: float | None = None) -> int:
+        """Continue the stages suspended for measurements that have ended; how many."""
+        leases = self.registry.suspended_leases()
         if not leases:
             return 0
         if self.resume is not None:

@@ -20,6 +20,15 @@ from .models import JobKind, Resource, ResourceKind
 from .registry import Registry
 from .resources import device_kind_for_mock
 
+# The 3-job llvm mix of docs/evaluation.md (mlp, attention, cnn at 16 trials) as
+# MockJobs: stage seconds read off its first run's Gantt chart. A cpu-device workload
+# where one job's search is far longer than the others' measurements.
+EVALUATION_MIX = (
+    "prepare=5,search=6.5,build=1.3,measure=1.6,update=0.5,rounds=2,finalize=1.5,device=cpu",
+    "prepare=4.4,search=8.8,build=1.6,measure=1.5,update=0.4,rounds=2,finalize=3.1,device=cpu",
+    "prepare=4.4,search=36.5,build=5.5,measure=1.7,update=0.4,rounds=2,finalize=4.7,device=cpu",
+)
+
 
 @dataclass
 class SimulationResult:

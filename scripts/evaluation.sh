@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # docs/evaluation.md: run the evaluation-small matrix (about 1.5 h on 2 cores) and the
-# evaluation-preempt points (about 45 min), then print their tables and draw the figures. With --report-only, just the tables and figures from
-# the recorded results (docs/evaluation/results.db).
+# evaluation-preempt points (about 55 min), then print their tables and draw the figures.
+# With --report-only, just the tables and figures from the recorded results
+# (docs/evaluation/results.db).
 #   bash scripts/evaluation.sh [--report-only] [DB]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"

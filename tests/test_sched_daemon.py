@@ -11,6 +11,8 @@ from tvmsched import api
 from tvmsched.analysis import exclusive_overlaps, peak_usage, resource_intervals
 from tvmsched.registry import Registry
 
+from .sched_helpers import end_daemon_and_runners, wait_for
+
 RESOURCES = {"cpu": 2, "cpu-device": 1}
 
 
@@ -18,16 +20,7 @@ RESOURCES = {"cpu": 2, "cpu-device": 1}
 def db(tmp_path):
     path = tmp_path / "sched.db"
     yield path
-    if api.daemon_pid(path) is not None:
-        api.stop_daemon(path, timeout=30)
-    for job in api.jobs(path):  # runners orphaned by a killed daemon: ours, end them by pid
-        if job["runner_pid"]:
-            try:
-                proc = psutil.Process(job["runner_pid"])
-                if abs(proc.create_time() - job["runner_started"]) < 0.01:
-                    proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+    end_daemon_and_runners(path)
 
 
 def start(db, *extra):
@@ -40,16 +33,6 @@ def check_event_log(db):
     assert exclusive_overlaps(rows, registry.resources()) == []
     assert peak_usage(rows, "cpu") <= RESOURCES["cpu"]
     return rows
-
-
-def wait_for(predicate, timeout=10.0, step=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not reached in time")
 
 
 def measuring_lease(db):

@@ -18,8 +18,10 @@ from tvmsched.analysis import exclusive_overlaps, peak_usage, resource_intervals
 from tvmsched.dispatch import Dispatcher
 from tvmsched.models import Held, Pending, Resource, ResourceKind
 from tvmsched.registry import Registry
-from tvmsched.simulate import simulate
+from tvmsched.simulate import EVALUATION_MIX, simulate
 from tvmsched.strategies import Snapshot, get_strategy
+
+from .sched_helpers import end_daemon_and_runners, wait_for
 
 CPU2 = Resource("cpu", ResourceKind.CPU, 2, False)
 CPU_DEVICE = Resource("cpu-device", ResourceKind.CPU_DEVICE, 1, True)
@@ -179,19 +181,11 @@ def test_no_suspend_function_means_no_preemption(tmp_path):
 
 # ---- the simulator --------------------------------------------------------------------
 
-# the 3-job llvm mix of docs/evaluation.md as MockJobs (stage seconds from its Gantt)
-MIX = [
-    "prepare=5,search=6.5,build=1.3,measure=1.6,update=0.5,rounds=2,finalize=1.5,device=cpu",
-    "prepare=4.4,search=8.8,build=1.6,measure=1.5,update=0.4,rounds=2,finalize=3.1,device=cpu",
-    "prepare=4.4,search=36.5,build=5.5,measure=1.7,update=0.4,rounds=2,finalize=4.7,device=cpu",
-]
-
-
 def test_simulated_preemption_shortens_the_batch_and_measures_alone(tmp_path):
     resources = [CPU2, CPU_DEVICE]
     results = {
         preempt: simulate(
-            MIX,
+            list(EVALUATION_MIX),
             strategy="interleaved",
             resources=resources,
             db_path=tmp_path / f"{preempt}.db",
@@ -208,7 +202,7 @@ def test_simulated_preemption_shortens_the_batch_and_measures_alone(tmp_path):
     assert exclusive_overlaps(rows, registry.resources()) == []
     assert peak_usage(rows, "cpu") <= 2
     measuring = [r for r in rows if r["resource"] == "cpu-device"]
-    cpu_work = [r for r in rows if r["resource"] == "cpu" and r["stage"] != r"measure"]
+    cpu_work = [r for r in rows if r["resource"] == "cpu" and r["stage"] != "measure"]
     for m in measuring:  # nothing else holds a core while a CPU target is measured
         assert not [
             r for r in cpu_work
@@ -224,26 +218,7 @@ def test_simulated_preemption_shortens_the_batch_and_measures_alone(tmp_path):
 def db(tmp_path):
     path = tmp_path / "sched.db"
     yield path
-    if api.daemon_pid(path) is not None:
-        api.stop_daemon(path, timeout=30)
-    for job in api.jobs(path):
-        if job["runner_pid"]:
-            try:
-                proc = psutil.Process(job["runner_pid"])
-                if abs(proc.create_time() - job["runner_started"]) < 0.01:
-                    proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-
-
-def wait_for(predicate, timeout=20.0, step=0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not reached in time")
+    end_daemon_and_runners(path)
 
 
 def suspended_runner(db):
@@ -292,7 +267,7 @@ def test_a_daemon_killed_while_a_stage_is_suspended_leaves_nothing_stopped(db):
     api.start_daemon(db, resources={"cpu": 2, "cpu-device": 1})
     assert set(api.wait(db, [long, short], timeout=60).values()) == {"done"}
     assert Registry(db).job(long)["retries"] == 0  # the runner survived
-    assert Registry(db).suspended_leases(finished_only=False) == []
+    assert not [lease for lease in Registry(db).active_leases() if lease.suspended]
 
 
 def test_no_preempt_flag_keeps_the_measurement_waiting(db):

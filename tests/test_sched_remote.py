@@ -3,7 +3,6 @@
 import contextlib
 import json
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from tvmsched.resources import detect
 from tvmsched.strategies import Snapshot, get_strategy
 
 from .rpc_helpers import free_port, start_server, start_tracker, stop
+from .sched_helpers import wait_for
 
 # tiny searches: DESIGN.md's shrunk EvolutionarySearch, one timing per candidate
 FAST = {
@@ -241,16 +241,6 @@ def test_probe_speaks_to_a_real_tracker():
 
 
 # -- real TVM, real RPC servers, the daemon -------------------------------------------
-def _wait_for(predicate, timeout, step=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not reached in time")
-
-
 def _measure_ends(registry):
     return [e for e in registry.events() if e["kind"] == "end" and e["stage"] == "measure"]
 
@@ -281,7 +271,7 @@ def test_tuning_across_two_servers_survives_losing_one(db, tiny_model, capsys):
         registry = Registry(db)
         # box-a (registered first) takes the first measure; kill it once it has measured:
         # the next measure granted to it finds its key gone from the tracker
-        _wait_for(lambda: any("box-a" in e["resources"] for e in _measure_ends(registry)), 120)
+        wait_for(lambda: any("box-a" in e["resources"] for e in _measure_ends(registry)), 120, 0.2)
         killed = "box-a"
         stop(servers[killed])
         assert api.wait(db, jobs, timeout=240) == {j: "done" for j in jobs}, [

@@ -231,17 +231,13 @@ class StagesMixin(RegistryBase):
                 {"for_job": pending.job_id, "for_request": pending.request_id},
             )
 
-    def suspended_leases(self, *, finished_only: bool = True) -> list[dict[str, Any]]:
-        """Suspended leases whose measurement has ended (all of them: ``finished_only=False``)."""
-        done = (
-            " AND NOT EXISTS (SELECT 1 FROM leases m WHERE m.request_id = l.suspended_for"
-            " AND m.state = 'active')"
-            if finished_only
-            else ""
-        )
+    def suspended_leases(self) -> list[dict[str, Any]]:
+        """Suspended leases whose measurement has ended (its lease is no longer active)."""
         rows = self.conn.execute(
             "SELECT l.epoch, l.job_id, l.kind, l.holder_pid, l.holder_started FROM leases l"
-            f" WHERE l.state = 'active' AND l.suspended_for IS NOT NULL{done} ORDER BY l.epoch"
+            " WHERE l.state = 'active' AND l.suspended_for IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM leases m WHERE m.request_id = l.suspended_for"
+            " AND m.state = 'active') ORDER BY l.epoch"
         )
         return [dict(r) for r in rows]
 
