@@ -3,8 +3,11 @@
 #   1. the GPU-only tests (target limits read from the device);
 #   2. `simpletvm tune` of the sample CNN and MLP with --target cuda: untuned, tuned and
 #      onnxruntime latencies;
-#   3. two CUDA jobs under a sched daemon with detected resources (gpu0 exclusive).
+#   3. two CUDA jobs under a sched daemon with detected resources (gpu0 exclusive);
+#   4. (STEPS=superb) superb's cuda-quick experiments into OUTDIR/cuda.db; docs/evaluation.md
+#      reports them with `superb report --db OUTDIR/cuda.db --view evaluation`.
 # Usage: bash scripts/gpu_check.sh OUTDIR [TRIALS]
+#   STEPS="tests superb" runs the GPU-only tests and the superb step alone.
 # Expects simpletvm, sched and python on PATH (scripts/venv.sh provides them).
 set -uo pipefail
 OUT=${1:?usage: gpu_check.sh OUTDIR [TRIALS]}
@@ -12,6 +15,9 @@ TRIALS=${2:-64}
 TARGET=${TARGET:-cuda}  # TARGET=llvm dry-runs the script on a CPU machine
 WORKERS=${WORKERS:-8}
 STEPS=${STEPS:-tests tune sched}  # a subset reruns part of the check
+SUPERB_FILE=${SUPERB_FILE:-benchmarks.toml}
+SUPERB_ONLY=${SUPERB_ONLY:-cuda-quick-alone cuda-quick}
+SUPERB_TIMEOUT=${SUPERB_TIMEOUT:-480}  # what is recorded by then stays in cuda.db
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 export SCHED_DB="$WORK/sched.db"
@@ -42,6 +48,17 @@ keep = ("model", "target", "trials", "tasks", "tuning_seconds", "compile_seconds
 print(json.dumps({k: r.get(k) for k in keep if k in r}, indent=1, default=str)[:3000])
 EOF
 done
+
+if [[ $STEPS == *superb* ]]; then
+    only=()
+    for name in $SUPERB_ONLY; do only+=(--only "$name"); done
+    log "superb: $SUPERB_ONLY from $SUPERB_FILE, at most ${SUPERB_TIMEOUT}s"
+    timeout "$SUPERB_TIMEOUT" superb run "$SUPERB_FILE" "${only[@]}" --db "$OUT/cuda.db" \
+        --work-dir "$WORK/superb"
+    echo "rc=$?"
+    superb report --db "$OUT/cuda.db" --view evaluation --format markdown
+    superb report --db "$OUT/cuda.db" --format markdown
+fi
 
 [[ $STEPS == *sched* ]] || exit 0
 log "sched: two $TARGET jobs, detected resources"

@@ -34,7 +34,8 @@ def _build_one(mod, target, artifact_dir: str) -> str:
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    rt_mod = tvm_build(mod, target=target)
+    with target:  # the GPU architecture from the target, not from the device (compile.py)
+        rt_mod = tvm_build(mod, target=target)
     out_dir = tempfile.mkdtemp(prefix="cand-", dir=artifact_dir)
     # a unique file name: an RPC server loads uploads by name, and dlopen caches by path
     path = os.path.join(out_dir, os.path.basename(out_dir) + ".so")

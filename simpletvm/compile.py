@@ -26,6 +26,7 @@ def compile_tuned(mod, target_spec: TargetSpec, database):
     """Apply the best records for this target, DLight for the rest (``compile_relax``)."""
     from tvm.s_tir.meta_schedule.relax_integration import compile_relax
 
+    # compile_relax builds inside the target's scope itself (see compile_untuned)
     return compile_relax(database, mod, target_spec.tvm_target(), params=None)
 
 
@@ -33,7 +34,13 @@ def compile_untuned(mod, target_spec: TargetSpec):
     """TVM's default pipeline with no tuning records: the baseline users start from."""
     import tvm
 
-    return tvm.compile(mod, target=target_spec.tvm_target())
+    target = target_spec.tvm_target()
+    # Inside the target's scope, TVM's CUDA compiler callback reads the GPU architecture
+    # from the target. Outside it, it asks the device (tvm.cuda(0)), which initialises
+    # CUDA in this process: in a sched runner, forked from the daemon, that failed on the
+    # H100 with cudaErrorInitializationError in every GPU job's finalize stage.
+    with target:
+        return tvm.compile(mod, target=target)
 
 
 def check_writable(path: str | Path, what: str) -> Path:
