@@ -27,8 +27,9 @@ from .models import Held, Pending, Resource, ResourceKind
 DEVICE_KINDS = (ResourceKind.GPU, ResourceKind.CPU_DEVICE, ResourceKind.DEVICE)
 DEFAULT_STAGE_SECONDS = 1.0
 # stages that may be suspended for a measurement: pure CPU work that holds no lock
-# another job needs (update and prepare write tuning records, so they are left running)
-PREEMPTIBLE_KINDS = frozenset({"search", "build"})
+# another job needs (update and prepare write tuning records, so they are left running;
+# compile only reads them, and in WAL mode a paused reader blocks no writer)
+PREEMPTIBLE_KINDS = frozenset({"search", "build", "compile"})
 
 
 @dataclass

@@ -11,6 +11,7 @@ STAGE_COLOURS = {
     "build": "#ff7f0e",
     "measure": "#d62728",
     "update": "#2ca02c",
+    "compile": "#17becf",
     "finalize": "#9467bd",
     "evaluate": "#e377c2",
 }

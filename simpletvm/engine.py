@@ -118,6 +118,8 @@ class TuningJob:
         self._tasks: list[TaskState] = []
         self._contexts: list[Any] = []
         self._result: dict[str, Any] = {}
+        self._compiled = None  # the compile stage's models, until finalize times them
+        self.executable = None  # the tuned model, once compiled
         self._started = None
         self._rounds_since_evaluate = 0
         self.stop_reason: str | None = None
@@ -159,6 +161,7 @@ class TuningJob:
             StageKind.MEASURE: {DEVICE: 1},
             StageKind.UPDATE: {CPU: 1},
             StageKind.EVALUATE: {CPU: 1, DEVICE: 1},
+            StageKind.COMPILE: {CPU: 1},
             StageKind.FINALIZE: {CPU: 1, DEVICE: 1},
         }[self._next]
         rounds_done = sum(t.rounds for t in self._tasks)
@@ -466,7 +469,7 @@ class TuningJob:
                                  "latency_ms": stats.median_ms})
         if stats.median_ms <= self.options.sla_ms:
             self.stop_reason = "sla met"
-            self._next = StageKind.FINALIZE
+            self._next = StageKind.COMPILE
             return
         self._advance_after_update(evaluated=True)
 
@@ -495,13 +498,21 @@ class TuningJob:
             self._rounds_since_evaluate = 0
             self._next = StageKind.EVALUATE  # measure the last rounds before stopping
             return
+        self._next = StageKind.COMPILE
+
+    def _compile(self) -> None:
+        from .finalize import compile_job
+
+        self._shutdown_workers()
+        self._compiled = compile_job(self)
         self._next = StageKind.FINALIZE
 
     def _finalize(self) -> None:
         from .finalize import finalize_job
 
         self._shutdown_workers()
-        self._result = finalize_job(self)
+        self._result = finalize_job(self, self._compiled)
+        self._compiled = None  # finalize_job kept the tuned executable in self.executable
         self._next = None
 
     def _shutdown_workers(self) -> None:

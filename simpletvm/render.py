@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import UserInputError
+from .stages import StageKind
 
 console = Console()
 err_console = Console(stderr=True)
@@ -85,9 +86,9 @@ def stage_table(stage_seconds: dict[str, float]) -> Table:
     table = Table(title="time per stage")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
-    for kind in ("prepare", "search", "build", "measure", "update", "finalize"):
-        if kind in stage_seconds:
-            table.add_row(kind, f"{stage_seconds[kind]:.2f}")
+    for kind in StageKind:
+        if kind.value in stage_seconds:
+            table.add_row(kind.value, f"{stage_seconds[kind.value]:.2f}")
     return table
 
 

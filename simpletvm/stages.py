@@ -21,6 +21,9 @@ class StageKind(str, Enum):
     UPDATE = "update"
     # build the whole model from the database and measure it (SLA jobs)
     EVALUATE = "evaluate"
+    # build the tuned model and the untuned baseline from the database, on the CPU alone
+    COMPILE = "compile"
+    # time them on the device, against onnxruntime
     FINALIZE = "finalize"
 
 

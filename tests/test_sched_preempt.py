@@ -43,8 +43,9 @@ def snapshot(requests, leases, *, preempt=True, resources=(CPU2, CPU_DEVICE)):
 
 
 @pytest.mark.parametrize("strategy", ["interleaved", "predictive"])
-def test_a_cpu_measurement_suspends_the_searches_in_its_way(strategy):
-    leases = [Held(7, 2, "search", {"cpu": 1}, 0.0, 0.0), Held(8, 3, "build", {"cpu": 1}, 0.0)]
+@pytest.mark.parametrize("second", ["build", "compile"])  # compile only reads records
+def test_a_cpu_measurement_suspends_the_searches_in_its_way(strategy, second):
+    leases = [Held(7, 2, "search", {"cpu": 1}, 0.0, 0.0), Held(8, 3, second, {"cpu": 1}, 0.0)]
     later = search(2, 4, at=5.0)
     decision = get_strategy(strategy).decide(snapshot([measure(), later], leases))
     assert [(p.request_id, want) for p, want in decision.grants] == [

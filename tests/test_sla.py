@@ -21,7 +21,7 @@ def test_database_already_meets_the_sla(tiny_model, tmp_path, fast_options):
                          measure_baselines=False).run_all()
     job = TuningJob.from_model(tiny_model, options=fast_options(trials=64, sla_ms=1000.0),
                                db_path=db, measure_baselines=False)
-    assert kinds_of(job) == ["prepare", "evaluate", "finalize"]
+    assert kinds_of(job) == ["prepare", "evaluate", "compile", "finalize"]
     result = job.result()
     assert result["trials"] == 0 and result["sla_met"] and result["stop_reason"] == "sla met"
 
@@ -42,7 +42,7 @@ def test_achievable_sla_stops_soon_after_it_is_met(cnn_model, tmp_path, fast_opt
     # the first evaluation (before any tuning) missed it, the last one met it
     assert result["sla_history"][0]["latency_ms"] > sla
     assert result["sla_history"][-1]["latency_ms"] <= sla
-    assert kinds[-2:] == ["evaluate", "finalize"]
+    assert kinds[-3:] == ["evaluate", "compile", "finalize"]
 
 
 def test_impossible_sla_stops_at_the_budget_with_a_report(tiny_model, tmp_path, fast_options):
