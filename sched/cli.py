@@ -84,8 +84,9 @@ def start(
         bool | None,
         typer.Option(
             "--preempt/--no-preempt",
-            help="Let a CPU-target measurement suspend other jobs' search and build stages "
-            "instead of waiting for them (default: the stored setting, else on).",
+            help="Let a CPU-target measurement suspend other jobs' search, build and "
+            "compile stages instead of waiting for them (default: the stored setting, "
+            "else on).",
         ),
     ] = None,
     db: Db = None,

@@ -10,11 +10,12 @@ Placement rules shared by all strategies (``place``):
 - a stage on a ``cpu-device`` also claims every cpu slot, so no other job's CPU work
   runs while a CPU target is measured (it would distort the timings).
 
-Preemption (``preemption``): when such a stage waits only for other jobs' search or
-build stages, the controlled strategies grant it at once and name those stages'
-leases to suspend.  The daemon stops their runners (SIGSTOP) before the grant is
-visible and continues them (SIGCONT) when the measurement's lease ends, so a short
-measurement never waits behind a long search and no core idles meanwhile.
+Preemption (``preemption``): when such a stage waits only for other jobs' stages of
+``PREEMPTIBLE_KINDS`` (search, build, compile), the controlled strategies grant it at
+once and name those stages' leases to suspend.  The daemon stops their runners
+(SIGSTOP) before the grant is visible and continues them (SIGCONT) when the
+measurement's lease ends, so a short measurement never waits behind a long search and
+no core idles meanwhile.
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ def wanted(
 
 def preemption(
     p: Pending, snap: Snapshot, free: dict[str, int], blocked: set[str]
-) -> tuple[dict[str, int], list[int]] | None:
-    """Resources for a CPU-target stage that waits only for other jobs' search or build
+) -> tuple[dict[str, int], list[Held]] | None:
+    """Resources for a CPU-target stage that waits only for other jobs' preemptible
     stages, and the leases to suspend while it runs; None if it must wait after all.
 
     Only the cpu pool may be taken this way: the device itself must be free and not
@@ -172,7 +173,7 @@ def preemption(
         snap.resources[name].kind is ResourceKind.CPU_DEVICE for name in want
     ):
         return None
-    return want, [lease.epoch for lease in holders]
+    return want, holders
 
 
 class Strategy:
@@ -229,15 +230,14 @@ class Strategy:
         found = preemption(p, snap, free, blocked)
         if found is None:
             return False
-        want, epochs = found
-        for lease in snap.leases:
-            if lease.epoch in epochs:
-                for name, amount in lease.resources.items():
-                    free[name] += amount  # lent to p until it ends
+        want, holders = found
+        for lease in holders:
+            for name, amount in lease.resources.items():
+                free[name] += amount  # lent to p until it ends
         for name, amount in want.items():
             free[name] -= amount
         decision.grants.append((p, want))
-        decision.suspend[p.request_id] = epochs
+        decision.suspend[p.request_id] = [lease.epoch for lease in holders]
         return True
 
 

@@ -503,16 +503,16 @@ class TuningJob:
     def _compile(self) -> None:
         from .finalize import compile_job
 
-        self._shutdown_workers()
+        self._shutdown_workers()  # no candidate is built or measured after this
         self._compiled = compile_job(self)
+        self.executable = self._compiled.tuned
         self._next = StageKind.FINALIZE
 
     def _finalize(self) -> None:
         from .finalize import finalize_job
 
-        self._shutdown_workers()
         self._result = finalize_job(self, self._compiled)
-        self._compiled = None  # finalize_job kept the tuned executable in self.executable
+        self._compiled = None
         self._next = None
 
     def _shutdown_workers(self) -> None:

@@ -43,9 +43,7 @@ def compile_job(job: TuningJob) -> Compiled:
     return Compiled(executable, untuned, artifact, seconds)
 
 
-def finalize_job(job: TuningJob, compiled: Compiled | None = None) -> dict[str, Any]:
-    compiled = compiled or compile_job(job)
-    job.executable = compiled.tuned
+def finalize_job(job: TuningJob, compiled: Compiled) -> dict[str, Any]:
     feeds = random_inputs(job.inputs, seed=job.options.seed)
     tuned = bench.bench_tvm(compiled.tuned, job.target.device_type, feeds)
     untuned = ort = None

@@ -345,9 +345,7 @@ class _Validator:
             )
         try:
             checked = schedapi.module("jobs").check_tuning_options(value)
-        except schedapi.SchedUnavailable as exc:
-            raise self.fail(f"{what}: key 'options': {exc}", *where("options")) from None
-        except ValueError as exc:
+        except (schedapi.SchedUnavailable, ValueError) as exc:
             raise self.fail(f"{what}: key 'options': {exc}", *where("options")) from None
         return tuple(sorted(checked.items()))
 
