@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simpletvm.options import parse_duration
+
 from .analysis import makespan as _makespan
 from .analysis import resource_intervals
 from .analysis import utilisation as _utilisation
 from .devices import check_kind, check_name, device_rpc
-from .jobs import mock_spec, parse_duration, split_specs, tvm_spec
+from .jobs import mock_spec, split_specs, tvm_spec
 from .models import JobKind, JobState
 from .paths import ensure_private_dir, log_file, pid_file, resolve_db
 from .pidfile import running_pid

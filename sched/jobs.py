@@ -2,56 +2,39 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from simpletvm.errors import UserInputError
+from simpletvm.options import TuningOptions, option_names
 
 from .devices import REMOTE_STAGES, is_remote, job_device_kind
 from .mockjob import MockJob, MockSpec
 from .models import JobKind
 from .resources import device_kind_for_mock, device_kind_for_target
 
-# TuningOptions fields a submission may set besides trials/per_round/seed (tests and
-# benchmarks shrink the evolutionary search with them; values must be numbers)
-TUNING_OPTIONS = (
-    "population_size", "init_min_unmeasured", "genetic_num_iters", "number", "repeat",
-    "min_repeat_ms", "builder_workers", "search_threads", "evaluate_every",
-    "max_trials_per_task", "runner_timeout", "builder_timeout",
-)  # fmt: skip
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``90s``, ``30m``, ``2h``, ``1h30m`` or a bare number of seconds."""
-    raw = text.strip().lower()
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = None
-    if seconds is None:
-        parts = _DURATION.findall(raw)
-        if not parts or "".join(f"{n}{u}" for n, u in parts) != raw.replace(" ", ""):
-            raise ValueError(
-                f"duration {text!r} is not like 90s, 30m, 2h or 1h30m; give a number and a unit"
-            ) from None
-        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-    if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"duration {text!r} must be positive")
-    return seconds
+# TuningOptions fields a submission may set besides its own flags (trials, per_round,
+# seed, the SLA); tests and benchmarks shrink the evolutionary search with them
+_SPEC_FIELDS = {"trials", "per_round", "seed", "sla_ms", "deadline_seconds"}
+TUNING_OPTIONS = tuple(n for n in option_names() if n not in _SPEC_FIELDS)
+# a job under sched asks for the CPU slots its stages use: one each unless set
+SCHED_DEFAULTS = {"search_threads": 1, "builder_workers": 1}
 
 
 def check_tuning_options(options: dict[str, Any] | None) -> dict[str, Any]:
-    """Validated extra TuningOptions (ValueError names the unknown field or bad value)."""
-    checked: dict[str, Any] = {}
-    for name, value in (options or {}).items():
+    """Validated extra TuningOptions, by the engine's own rules (ValueError names the
+    unknown field or the bad value), so a job never fails in its runner for them."""
+    checked = dict(options or {})
+    for name in checked:
         if name not in TUNING_OPTIONS:
             raise ValueError(
                 f"unknown tuning option {name!r}; choose from {', '.join(TUNING_OPTIONS)}"
             )
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"tuning option {name} must be a number >= 0, got {value!r}")
-        checked[name] = value
+    try:
+        TuningOptions(**checked).validate()
+    except UserInputError as exc:
+        raise ValueError(f"tuning option {exc}") from None
     return checked
 
 
@@ -161,7 +144,7 @@ def build_job(row: dict[str, Any], *, db_path: Path) -> Any:
     spec = row["spec"]
     if row["kind"] == JobKind.MOCK.value:
         return MockJob(spec["mock"], completed=row["stages_done"])
-    from simpletvm.engine import TuningJob, TuningOptions  # heavy: imported lazily
+    from simpletvm.engine import TuningJob  # heavy: imported lazily
 
     work = job_dir(db_path, row["id"])
     work.mkdir(parents=True, exist_ok=True)
@@ -184,7 +167,7 @@ def build_job(row: dict[str, Any], *, db_path: Path) -> Any:
             sla_ms=spec.get("sla_ms"),
             deadline_seconds=spec.get("deadline_seconds"),
             only_tasks=only_tasks,
-            **spec.get("options", {}),
+            **{**SCHED_DEFAULTS, **spec.get("options", {})},
         ),
         db_path=tuning_db,
         output=output,

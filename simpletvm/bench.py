@@ -1,13 +1,18 @@
 """Latency measurement shared by tuned TVM, untuned TVM and onnxruntime.
 
-All three are timed the same way, so their numbers compare: warm-up calls, then
-``repeat`` samples, each the mean of enough back-to-back calls to last ``min_sample_ms``;
-we report the median and the spread of the samples.
+All three are timed the same way, so their numbers compare: warm-up calls, then samples,
+each the mean of enough back-to-back calls to last ``min_sample_ms``; we report the median
+and the spread of the samples. Sampling stops as soon as the median is known to within
+``rel_precision`` (a distribution-free confidence interval from order statistics), or
+when ``max_seconds`` have passed: a fixed count of samples took minutes on slow untuned
+builds (36 calls of 3 s each) and wasted time on stable fast ones.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -18,6 +23,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+# why sampling stopped
+STABLE, TIME_CAP, MAX_SAMPLES = "stable", "time cap", "max samples"
+
 
 @dataclass(frozen=True)
 class LatencyStats:
@@ -26,37 +34,104 @@ class LatencyStats:
     std_ms: float
     min_ms: float
     samples: int
+    stopped: str = ""  # STABLE, TIME_CAP or MAX_SAMPLES
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def time_callable(fn: Callable[[], object], *, sync: Callable[[], None] | None = None,
-                  warmup: int = 5, repeat: int = 30, min_sample_ms: float = 5.0) -> LatencyStats:
+                  warmup: int = 5, repeat: int | None = None, min_sample_ms: float = 5.0,
+                  max_seconds: float = 10.0, min_samples: int = 3,
+                  rel_precision: float = 0.01, confidence: float = 0.95,
+                  clock: Callable[[], float] = time.perf_counter) -> LatencyStats:
+    """Time ``fn`` until its median is stable or ``max_seconds`` (warm-up included) pass.
+
+    ``repeat`` caps the number of samples; at least ``min_samples`` (at most ``repeat``)
+    are taken even past the time cap, so a slow model still gets a median. Warm-up takes
+    up to ``warmup`` calls but at least one and stops once it has used a quarter of the
+    time allowed. ``clock`` is injectable so tests simulate time instead of sleeping.
+    """
     sync = sync or (lambda: None)
-    for _ in range(warmup):
+    most = repeat if repeat is not None else math.inf
+    least = max(1, min(min_samples, most))
+    began = clock()
+
+    def timed_call() -> float:
+        start = clock()
         fn()
-    sync()
-    # calibrate: how many calls make one sample last min_sample_ms
-    start = time.perf_counter()
-    fn()
-    sync()
-    one = max(time.perf_counter() - start, 1e-7)
+        sync()
+        return max(clock() - start, 1e-9)
+
+    one = timed_call()
+    for _ in range(warmup - 1):
+        if clock() - began + one > max_seconds / 4:
+            break
+        one = timed_call()
+    # how many calls make one sample last min_sample_ms
     number = max(1, int(min_sample_ms / 1e3 / one))
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+    ordered: list[float] = []
+    samples: list[float] = []
+    stopped = MAX_SAMPLES
+    sample_s = one * number
+    while len(samples) < most:
+        if len(samples) >= least:
+            if median_rel_halfwidth(ordered, confidence) <= rel_precision:
+                stopped = STABLE
+                break
+            if clock() - began + sample_s > max_seconds:
+                stopped = TIME_CAP
+                break
+        start = clock()
         for _ in range(number):
             fn()
         sync()
-        samples.append((time.perf_counter() - start) / number * 1e3)
+        sample_s = clock() - start
+        samples.append(sample_s / number * 1e3)
+        bisect.insort(ordered, samples[-1])
     return LatencyStats(
         median_ms=statistics.median(samples),
         mean_ms=statistics.fmean(samples),
         std_ms=statistics.pstdev(samples),
-        min_ms=min(samples),
-        samples=repeat,
+        min_ms=ordered[0],
+        samples=len(samples),
+        stopped=stopped,
     )
+
+
+def median_rel_halfwidth(ordered: list[float], confidence: float = 0.95) -> float:
+    """Half the width of the median's confidence interval, relative to the median.
+
+    The interval is [x_(j+1), x_(n-j)] of the sorted samples: it holds the true median
+    with probability 1 - 2 P(B <= j), B ~ Binomial(n, 1/2), whatever the distribution.
+    Infinite while there are too few samples for any interval (fewer than 6 at 95 %).
+    """
+    n = len(ordered)
+    j = _order_statistic_rank(n, (1 - confidence) / 2)
+    if j is None:
+        return math.inf
+    median = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    if median <= 0:
+        return math.inf
+    return (ordered[n - 1 - j] - ordered[j]) / 2 / median
+
+
+def _order_statistic_rank(n: int, tail: float) -> int | None:
+    """The largest j with P(Binomial(n, 1/2) <= j) <= tail, or None if there is none."""
+    if n > 200:  # normal approximation, conservative by one
+        j = math.floor((n - 1 - _z(tail) * math.sqrt(n)) / 2) - 1
+        return j if j >= 0 else None
+    cdf, j = 0.0, -1
+    for k in range(n + 1):
+        cdf += math.comb(n, k) / 2**n
+        if cdf > tail:
+            break
+        j = k
+    return j if j >= 0 else None
+
+
+def _z(tail: float) -> float:
+    return statistics.NormalDist().inv_cdf(1 - tail)
 
 
 def tvm_runner(executable_or_module, device_type: str, inputs: dict[str, np.ndarray]):
@@ -107,15 +182,22 @@ def _bench_in_fresh_process(executable, device_type: str, inputs: dict[str, np.n
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m simpletvm.bench LIBRARY INPUTS.npz DEVICE KWARGS_JSON``: print stats."""
+    """``python -m simpletvm.bench LIBRARY INPUTS.npz DEVICE KWARGS_JSON``: print stats.
+
+    The parent reads the last line of stdout, so whatever TVM prints meanwhile goes to
+    stderr (see ``render.stdout_to_stderr``).
+    """
     import tvm
 
+    from .render import real_stdout, stdout_to_stderr
+
     library, feeds, device_type, kwargs = argv
-    with np.load(feeds) as data:
-        inputs = {name: data[name] for name in data.files}
-    stats = bench_tvm(tvm.runtime.load_module(library), device_type, inputs, isolate=False,
-                      **json.loads(kwargs))
-    print(json.dumps(stats.as_dict()))
+    with stdout_to_stderr():
+        with np.load(feeds) as data:
+            inputs = {name: data[name] for name in data.files}
+        stats = bench_tvm(tvm.runtime.load_module(library), device_type, inputs,
+                          isolate=False, **json.loads(kwargs))
+        real_stdout.write(json.dumps(stats.as_dict()) + "\n")
     return 0
 
 

@@ -9,6 +9,7 @@ import typer
 
 from . import render
 from .errors import UserInputError
+from .options import DEFAULT_PER_ROUND
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -32,54 +33,61 @@ def _shapes(items: list[str] | None):
 def tune(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
     target: TargetOpt = "llvm",
-    trials: Annotated[int, typer.Option(help="Total measured trials, over all tasks.")] = 64,
-    per_round: Annotated[int, typer.Option(help="Candidates per search round.")] = 16,
+    trials: Annotated[int | None, typer.Option(help=(
+        "Total measured trials, over all tasks (default: sized from the task count, "
+        "unless --time-budget is given)."))] = None,
+    time_budget: Annotated[str | None, typer.Option(help=(
+        "Tune until this much wall-clock time is spent: 90s, 30m, 1h."))] = None,
+    per_round: Annotated[int, typer.Option(help="Candidates per search round.")] = (
+        DEFAULT_PER_ROUND),
     db: Annotated[Path | None, typer.Option(help="SQLite tuning database (shared).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o",
                                                 help="Export the tuned module here (.so).")] = None,
     input_shape: ShapeOpt = None,
     reuse: Annotated[bool, typer.Option(help="Tune only tasks with no records yet.")] = False,
-    builder_workers: Annotated[int, typer.Option(help="Persistent build workers.")] = 1,
+    builder_workers: Annotated[int | None, typer.Option(help=(
+        "Persistent build workers (default: all cores)."))] = None,
+    search_threads: Annotated[int | None, typer.Option(help=(
+        "Threads for the search (default: all cores)."))] = None,
     runner_timeout: Annotated[float, typer.Option(help="Seconds per measurement.")] = 30.0,
     number: Annotated[int, typer.Option(help="Runs per measurement repeat.")] = 3,
     repeat: Annotated[int, typer.Option(help="Measurement repeats.")] = 1,
     min_repeat_ms: Annotated[int, typer.Option(help="Minimum ms per repeat.")] = 100,
     cost_model: Annotated[str, typer.Option(help="xgb or random.")] = "xgb",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    search_threads: Annotated[int, typer.Option(help="Threads for the search.")] = 1,
     population: Annotated[int, typer.Option(help="Evolutionary search population.")] = 512,
+    layout_rewrite: Annotated[bool, typer.Option(help=(
+        "CPU: let schedules choose the weights' layout (folded at build)."))] = True,
+    output_check: Annotated[bool, typer.Option(help=(
+        "Compare the exported module's outputs with onnxruntime's."))] = True,
     json_out: JsonOpt = False,
 ) -> None:
-    """Tune MODEL stage by stage, then print untuned / tuned / onnxruntime latencies."""
+    """Tune MODEL stage by stage, then print untuned / tuned / onnxruntime latencies.
+
+    Prints the plan first (tasks, budget per task, estimated time), exports the faster
+    build (tuned or untuned) and checks its outputs against onnxruntime.
+    """
 
     def body() -> None:
-        from .engine import TuningJob, TuningOptions
+        from .engine import TuningJob
+        from .options import TuningOptions
         from .paths import default_db
 
-        opts = TuningOptions(trials=trials, per_round=per_round, builder_workers=builder_workers,
+        opts = TuningOptions(trials=trials, time_budget_seconds=_duration(time_budget),
+                             per_round=per_round, builder_workers=builder_workers,
                              runner_timeout=runner_timeout, number=number, repeat=repeat,
                              min_repeat_ms=min_repeat_ms, cost_model=cost_model, seed=seed,
                              reuse=reuse, search_threads=search_threads,
                              population_size=population,
-                             init_min_unmeasured=min(50, population))
+                             init_min_unmeasured=min(50, population),
+                             layout_rewrite=layout_rewrite, check_outputs=output_check)
         job = TuningJob.from_model(model, target=target, options=opts,
                                    db_path=db or default_db(), output=output,
                                    input_shapes=_shapes(input_shape))
         if json_out:
             job.run_all()
         else:
-            with render.tuning_progress() as progress:
-                bar = progress.add_task(job.name, total=max(trials, 1), best="-",
-                                        stage="prepare", task_name="")
-
-                def on_stage(outcome, job_) -> None:
-                    nxt = job_.next_stage()
-                    progress.update(bar, completed=outcome.trials_done,
-                                    best=render.fmt_ms(outcome.best_latency_ms),
-                                    stage=nxt.kind.value if nxt else "done",
-                                    task_name=(nxt.info.get("task") or "") if nxt else "")
-
-                job.run_all(on_stage)
+            _run_with_progress(job)
         result = job.result()
         if json_out:
             render.print_json(result)
@@ -90,10 +98,39 @@ def tune(
                                  f"for {served['tasks']} of {result['tasks']} tasks.")
         render.console.print(render.result_table(result))
         render.console.print(render.stage_table(result["stage_seconds"]))
-        if result["artifact"]:
-            render.console.print(f"Exported: {result['artifact']}")
+        render.console.print(render.export_line(result))
 
     render.run_cli(body)
+
+
+def _duration(text: str | None) -> float | None:
+    from .options import parse_duration
+
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UserInputError(f"--time-budget: {exc}") from None
+
+
+def _run_with_progress(job) -> None:
+    """Run the job with a progress bar; print the plan once the tasks are known."""
+    with render.tuning_progress() as progress:
+        bar = progress.add_task(job.name, total=None, best="-", stage="prepare",
+                                task_name="")
+
+        def on_stage(outcome, job_) -> None:
+            if outcome.kind.value == "prepare" and job_.plan is not None:
+                progress.console.print(render.plan_table(job_.plan))
+            nxt = job_.next_stage()
+            progress.update(bar, completed=outcome.trials_done,
+                            total=outcome.trials_total or None,
+                            best=render.fmt_ms(outcome.best_latency_ms),
+                            stage=nxt.kind.value if nxt else "done",
+                            task_name=(nxt.info.get("task") or "") if nxt else "")
+
+        job.run_all(on_stage)
 
 
 @app.command()
@@ -170,7 +207,8 @@ def compare(
     """Build MODEL from the database alone and compare with untuned TVM and onnxruntime."""
 
     def body() -> None:
-        from .engine import TuningJob, TuningOptions
+        from .engine import TuningJob
+        from .options import TuningOptions
 
         if not db.exists():
             raise UserInputError(f"tuning database '{db}' does not exist; "
@@ -201,13 +239,21 @@ def sample(
         from .samples import SAMPLES, UnknownSampleError, write_sample
 
         if list_ or name is None:
-            rows = [{"name": s.name, "input": s.input_name, "shape": list(s.input_shape),
+            # "input"/"shape" describe the first input, as before multi-input samples existed
+            rows = [{"name": s.name, "kind": s.kind, "input": s.input_name,
+                     "shape": list(s.input_shape),
+                     "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype}
+                                for i in s.inputs],
                      "description": s.description} for s in SAMPLES.values()]
             if json_out:
                 render.print_json({"samples": rows})
             else:
-                render.console.print(render.rows_table("sample models", rows,
-                                                       ["name", "input", "shape", "description"]))
+                for row, s in zip(rows, SAMPLES.values()):
+                    row["inputs"] = ", ".join(
+                        f"{i.name}: {i.dtype}[{','.join(map(str, i.shape))}]" for i in s.inputs)
+                render.console.print(render.rows_table(
+                    "sample models (kind real = real architecture with random weights)", rows,
+                    ["name", "kind", "inputs", "description"]))
             return
         from .compile import check_writable
 

@@ -22,12 +22,72 @@ def prepare_module(mod, target_spec: TargetSpec):
         return seq(mod)
 
 
-def compile_tuned(mod, target_spec: TargetSpec, database):
-    """Apply the best records for this target, DLight for the rest (``compile_relax``)."""
-    from tvm.s_tir.meta_schedule.relax_integration import compile_relax
+def compile_tuned(mod, target_spec: TargetSpec, database, *, layout_rewrite: bool = False):
+    """Apply the database's records to the model, DLight for the rest on a GPU.
 
-    # compile_relax builds inside the target's scope itself (see compile_untuned)
-    return compile_relax(database, mod, target_spec.tvm_target(), params=None)
+    The passes are those of MetaSchedule's ``compile_relax``, so that the fused functions
+    match the tuning tasks (``fuse_for_tuning``). With ``layout_rewrite`` (CPU), the
+    weights were marked layout-free before tuning, so a record may carry a weight layout
+    transform: it is split out of the kernel and folded into the constant weights here,
+    once, so the exported module takes the same inputs as the ONNX model.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax import build as relax_build
+
+    target = target_spec.tvm_target()
+
+    @tvm.transform.module_pass(opt_level=3)
+    def pipeline(mod, _ctx):
+        mod = tvm.transform.Sequential(_fuse_passes(target, layout_rewrite))(mod)
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        if layout_rewrite:
+            mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+            mod = relax.transform.FoldConstant()(mod)
+        if target_spec.is_gpu:
+            mod = _dlight_fallback()(mod)
+        return tvm.transform.Sequential(_lowering_passes(target))(mod)
+
+    with target, database, tvm.transform.PassContext(opt_level=3):
+        return relax_build(mod, target=target, relax_pipeline=pipeline)
+
+
+def _fuse_passes(target, layout_rewrite: bool) -> list:
+    """What ``fuse_for_tuning`` runs after the decompositions, so workloads match."""
+    from tvm import relax
+    from tvm.relax import pipeline as relax_pipeline
+
+    try:
+        dispatch = relax_pipeline.library_dispatch_passes(target)
+    except (ValueError, AttributeError):
+        dispatch = []
+    return [*dispatch, relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(), relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            *([relax.transform.AttachAttrLayoutFreeBuffers()] if layout_rewrite else [])]
+
+
+def _dlight_fallback():
+    from tvm.s_tir import dlight as dl
+
+    return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                   dl.gpu.GeneralReduction(), dl.gpu.Fallback())
+
+
+def _lowering_passes(target) -> list:
+    from tvm import relax
+    from tvm.relax import pipeline as relax_pipeline
+
+    try:
+        return [*relax_pipeline.dataflow_lower_passes(target),
+                *relax_pipeline.finalize_passes(target)]
+    except (ValueError, AttributeError):  # targets without a registered pipeline (llvm)
+        return [relax.transform.RewriteDataflowReshape(), relax.transform.ToNonDataflow(),
+                relax.transform.RemovePurityChecking(), relax.transform.CallTIRRewrite(),
+                relax.transform.StaticPlanBlockMemory(), relax.transform.LowerAllocTensor(),
+                relax.transform.KillAfterLastUse(), relax.transform.LowerRuntimeBuiltin(),
+                relax.transform.ComputePrimValue(), relax.transform.VMShapeLower(),
+                relax.transform.AttachGlobalSymbol()]
 
 
 def compile_untuned(mod, target_spec: TargetSpec):

@@ -44,6 +44,13 @@ _SCHEMA = [
         created REAL NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS records_lookup ON records(workload_id, target, mean_secs)",
     "CREATE INDEX IF NOT EXISTS records_tag ON records(job_tag)",
+    # each task's default (unscheduled) kernel time: a record is applied only if faster
+    """CREATE TABLE IF NOT EXISTS defaults (
+        workload_id INTEGER NOT NULL REFERENCES workloads(id),
+        target TEXT NOT NULL,
+        mean_secs REAL NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (workload_id, target))""",
 ]
 
 
@@ -81,6 +88,35 @@ def _set_up(conn: sqlite3.Connection, *, attempts: int = 200) -> None:
     for stmt in _SCHEMA:
         conn.execute(stmt)
     conn.execute("COMMIT")
+
+
+def record_json(record: TuningRecord):
+    """The record as plain JSON, the way TVM's own JSON database writes it.
+
+    ``TuningRecord.as_json`` cannot convert a trace that rewrites a weight layout: its
+    ``TransformLayout`` step carries an ``IndexMap``, which TVM's C++ JSON writer stores as
+    the string of ``tvm.ir.save_json`` and ``TuningRecord.from_json`` reads back so.
+    """
+    from tvm.s_tir.meta_schedule import _ffi_api
+
+    return _plain(_ffi_api.TuningRecordAsJSON(record))
+
+
+def _plain(obj):
+    from tvm.ir import Array, Map
+    from tvm.tirx import FloatImm, IntImm
+
+    if obj is None or isinstance(obj, int | float):
+        return obj
+    if isinstance(obj, IntImm | FloatImm):
+        return obj.value
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, Array):
+        return [_plain(i) for i in obj]
+    if isinstance(obj, Map):
+        return {_plain(k): _plain(v) for k, v in obj.items()}
+    return tvm.ir.save_json(obj)  # an IndexMap, as TVM's JSON database stores it
 
 
 def _mean(run_secs) -> float:
@@ -185,7 +221,7 @@ class SQLiteDatabase(PyDatabase):
             conn.execute(
                 "INSERT INTO records (workload_id, target, record_json, mean_secs, job_tag, "
                 "created) VALUES (?, ?, ?, ?, ?, ?)",
-                (wid, target_key, json.dumps(record.as_json()), _mean(record.run_secs),
+                (wid, target_key, json.dumps(record_json(record)), _mean(record.run_secs),
                  self.job_tag, time.time()))
             conn.execute("COMMIT")
         except BaseException:
@@ -268,6 +304,25 @@ class SQLiteDatabase(PyDatabase):
     def best_seconds(self, mod: IRModule) -> float | None:
         records = self.get_top_k(Workload(mod), 1) if self.has_workload(mod) else []
         return _mean(records[0].run_secs) if records else None
+
+    def record_default_seconds(self, mod: IRModule, seconds: float) -> None:
+        """Remember the task's default-schedule time for this target (the latest wins)."""
+        wid = self._workload_id(Workload(mod))
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT OR REPLACE INTO defaults (workload_id, target, mean_secs, created) "
+                     "VALUES (?, ?, ?, ?)", (wid, self.target_key or "", float(seconds),
+                                             time.time()))
+        conn.execute("COMMIT")
+
+    def default_seconds(self, mod: IRModule) -> float | None:
+        found = self._lookup(mod)
+        if found is None:
+            return None
+        row = self.conn().execute(
+            "SELECT mean_secs FROM defaults WHERE workload_id = ? AND target = ?",
+            (found[1], self.target_key or "")).fetchone()
+        return row[0] if row else None
 
     def name_workload(self, mod: IRModule, task_name: str) -> None:
         """Remember a readable task name for `db stats` (first name wins)."""

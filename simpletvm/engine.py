@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from . import model as model_mod
+from .coverage import coverage_context, default_candidate, ranked_samples
 from .intrin import load_intrinsics
 from .intrin import preload as _preload
+from .options import TuningOptions
+from .plan import TuningPlan, default_trials, make_plan
 from .remote import DeviceUnavailable, RemoteDevice, make_rpc_runner
 from .stages import CPU, DEVICE, StageKind, StageOutcome, StageRequest
-from .targets import TargetSpec, resolve_target
+from .targets import TargetSpec, host_cores, resolve_target
 from .taskalloc import GradientAllocator, TaskState
 
 __all__ = ["TuningOptions", "TuningJob", "DeviceUnavailable", "preload"]
@@ -34,64 +37,24 @@ def preload(target: str = "llvm") -> None:
     _preload(kind)
 
 
-@dataclass(frozen=True, kw_only=True)
-class TuningOptions:
-    trials: int = 64
-    per_round: int = 16
-    builder_workers: int = 1
-    builder_timeout: float = 30.0
-    builder_max_uses: int = 256
-    runner_timeout: float = 30.0
-    number: int = 3
-    repeat: int = 1
-    min_repeat_ms: int = 100
-    cost_model: str = "xgb"
-    seed: int = 0
-    reuse: bool = False
-    search_threads: int = 1
-    max_trials_per_task: int | None = None
-    # SLA-driven jobs: stop as soon as the whole model meets sla_ms (measured by an
-    # evaluate stage every evaluate_every rounds), or when the budget or deadline ends
-    sla_ms: float | None = None
-    deadline_seconds: float | None = None
-    evaluate_every: int = 2
-    # tune only these task indices (a sub-job of a model split at the task level)
-    only_tasks: tuple[int, ...] | None = None
-    # EvolutionarySearch: MetaSchedule's defaults; tests shrink them
-    population_size: int = 512
-    init_min_unmeasured: int = 50
-    genetic_num_iters: int = 4
-
-    def validate(self) -> TuningOptions:
-        from .errors import UserInputError
-
-        checks = [("trials", self.trials, 0), ("per_round", self.per_round, 1),
-                  ("builder_workers", self.builder_workers, 1), ("number", self.number, 1),
-                  ("repeat", self.repeat, 1), ("min_repeat_ms", self.min_repeat_ms, 0),
-                  ("search_threads", self.search_threads, 1)]
-        for name, value, low in checks:
-            if value < low:
-                raise UserInputError(f"{name.replace('_', '-')} must be >= {low}, got {value}")
-        if self.sla_ms is not None and self.sla_ms <= 0:
-            raise UserInputError(f"sla-ms must be positive, got {self.sla_ms}")
-        if self.deadline_seconds is not None and self.deadline_seconds <= 0:
-            raise UserInputError("deadline must be positive")
-        if self.evaluate_every < 1:
-            raise UserInputError("evaluate-every must be >= 1")
-        for name in ("builder_timeout", "runner_timeout"):
-            if getattr(self, name) <= 0:
-                raise UserInputError(f"{name.replace('_', '-')} must be positive")
-        if self.cost_model not in ("xgb", "random"):
-            raise UserInputError(f"unknown cost model '{self.cost_model}'; use xgb or random")
-        return self
-
-
 @dataclass
 class _Round:
     task: TaskState
+    coverage: bool = False  # a coverage round (see coverage.py), not an evolutionary one
+    started: float = 0.0
     candidates: list = field(default_factory=list)
+    default: Any = None  # the task's default schedule, measured beside the candidates
     builder_results: list = field(default_factory=list)
     runner_results: list = field(default_factory=list)
+
+    @property
+    def batch(self) -> list:
+        """What is built and measured: the default schedule first, if any."""
+        return ([self.default] if self.default is not None else []) + self.candidates
+
+
+# no budget in trials (a time budget alone): progress reports 0 as the total
+UNBOUNDED_TRIALS = 2**62
 
 
 class TuningJob:
@@ -104,7 +67,8 @@ class TuningJob:
         self.onnx_model = onnx_model
         self.inputs = inputs
         self.target = target
-        self.options = options.validate()
+        self.options = options.validate().resolved(
+            cores=int(target.config.get("num-cores") or host_cores()))
         self.db_path = str(db_path) if db_path else None
         self.output = str(output) if output else None
         self.name = name
@@ -120,10 +84,26 @@ class TuningJob:
         self._result: dict[str, Any] = {}
         self._compiled = None  # the compile stage's models, until finalize times them
         self.executable = None  # the tuned model, once compiled
-        self._started = None
+        self._started: float | None = None
         self._rounds_since_evaluate = 0
         self.stop_reason: str | None = None
         self.sla_history: list[dict[str, float]] = []
+        # CPU targets let MetaSchedule choose the weights' layout (compile folds it)
+        self.layout_rewrite = self.options.layout_rewrite and not target.is_gpu
+        self.trials = 0  # the trial budget, sized at prepare when the options leave it unset
+        self.plan: TuningPlan | None = None
+        self.relax_mod = None
+        self.database = None
+        self.allocator: GradientAllocator | None = None
+        self.cost_model = None
+        self.builder = None
+        self.runner = None
+        self._rpc_runners: dict[RemoteDevice, Any] = {}
+        self._coverage_contexts: dict[int, Any] = {}
+        self._round_seconds: dict[bool, list[float]] = {True: [], False: []}
+        self._grant: dict[str, Any] = {}
+        self.coverage = {"tasks": 0, "candidates": 0}
+        self.kept_default: list[str] = []  # tasks whose records lost to their default
 
     @classmethod
     def from_model(cls, model_path: str | Path, *, target: str = "llvm",
@@ -165,12 +145,14 @@ class TuningJob:
             StageKind.FINALIZE: {CPU: 1, DEVICE: 1},
         }[self._next]
         rounds_done = sum(t.rounds for t in self._tasks)
+        planned = -(-self.trials // opts.per_round) if self.trials < UNBOUNDED_TRIALS else 0
         info = {"target": self.target.kind,
                 # round hints: the predictive strategy estimates remaining work from them
                 "round": rounds_done + 1,
-                "rounds": max(rounds_done + 1, -(-opts.trials // opts.per_round))}
+                "rounds": max(rounds_done + 1, planned)}
         if self._round is not None:
-            info.update(task=self._round.task.name, candidates=len(self._round.candidates))
+            info.update(task=self._round.task.name, candidates=len(self._round.batch),
+                        coverage=self._round.coverage)
         return StageRequest(self._next, needs, info)
 
     def run_stage(self, *, grant: dict[str, Any] | None = None) -> StageOutcome:
@@ -180,7 +162,7 @@ class TuningJob:
         start = time.perf_counter()
         self._started = self._started or time.time()
         self._grant = grant or {}
-        getattr(self, f"_{kind.value}")()
+        self._stage_methods()[kind]()
         seconds = time.perf_counter() - start
         self.stage_seconds[kind.value] = self.stage_seconds.get(kind.value, 0.0) + seconds
         if self._result:
@@ -189,6 +171,12 @@ class TuningJob:
         return StageOutcome(kind, seconds, progress["trials_done"], progress["trials_total"],
                             progress["best_latency_ms"],
                             {"task": progress["current_task"]})
+
+    def _stage_methods(self) -> dict[StageKind, Any]:
+        return {StageKind.PREPARE: self._prepare, StageKind.SEARCH: self._search,
+                StageKind.BUILD: self._build, StageKind.MEASURE: self._measure,
+                StageKind.UPDATE: self._update, StageKind.EVALUATE: self._evaluate,
+                StageKind.COMPILE: self._compile, StageKind.FINALIZE: self._finalize}
 
     def run_all(self, on_stage=None) -> TuningJob:
         """Run every stage back to back (what ``simpletvm tune`` does)."""
@@ -201,10 +189,13 @@ class TuningJob:
     def progress(self) -> dict[str, Any]:
         done = sum(t.trials_done for t in self._tasks)
         estimate = self.estimated_latency_ms()
-        return {"trials_done": done, "trials_total": self.options.trials,
+        total = self.trials if self.trials < UNBOUNDED_TRIALS else 0
+        return {"trials_done": done, "trials_total": total,
                 "best_latency_ms": self._result.get("tuned_ms", estimate),
                 "current_task": self._round.task.name if self._round else None,
                 "stage": self._next.value if self._next else "done",
+                "elapsed_seconds": time.time() - self._started if self._started else 0.0,
+                "time_budget_seconds": self.options.time_budget_seconds,
                 "sla_ms": self.options.sla_ms,
                 "model_ms": self.sla_history[-1]["latency_ms"] if self.sla_history else None,
                 "trend": [round(h["latency_ms"], 4) for h in self.sla_history[-5:]]}
@@ -213,8 +204,13 @@ class TuningJob:
         return dict(self._result)
 
     def estimated_latency_ms(self) -> float | None:
-        """Sum of weight x best kernel time over tasks measured so far (a lower bound)."""
-        known = [(t.weight, t.best) for t in self._tasks if t.best is not None and t.best < 1e9]
+        """Sum over tasks of weight x the kernel time the build will use (tasks measured
+        so far: their best record, or their default schedule where that is faster)."""
+        known = []
+        for t in self._tasks:
+            times = [x for x in (t.best, t.default_secs) if x is not None and x < 1e9]
+            if times:
+                known.append((t.weight, min(times)))
         return sum(w * b for w, b in known) * 1e3 if known else None
 
     @property
@@ -223,6 +219,7 @@ class TuningJob:
 
     # ---- stages
     def _prepare(self) -> None:
+        from tvm import relax
         from tvm.s_tir import meta_schedule as ms
 
         from .compile import prepare_module
@@ -233,52 +230,60 @@ class TuningJob:
         relax_mod = model_mod.to_relax(self.onnx_model, self.inputs)
         self.relax_mod = prepare_module(relax_mod, self.target)
         fused = model_mod.fuse_for_tuning(self.relax_mod, target)
+        if self.layout_rewrite:  # weights (constants) may take the layout a schedule picks
+            fused = relax.transform.AttachAttrLayoutFreeBuffers()(fused)
         extracted = ms.relax_integration.extract_tasks(fused, target)
         self.database = (SQLiteDatabase(self.db_path, target_key=self.target.key,
                                         job_tag=self.job_tag)
                          if self.db_path else ms.database.MemoryDatabase())
-        opts = self.options
-        cap = opts.max_trials_per_task or opts.trials
-        from tvm.s_tir.analysis import estimate_tir_flops
-
         for index, task in enumerate(extracted):
-            mod = task.dispatched[0]
-            try:
-                flops = float(estimate_tir_flops(mod))
-            except Exception:  # noqa: BLE001 - some functions have no countable loops
-                flops = 0.0
-            state = TaskState(index, task.task_name, float(task.weight), max_trials=cap,
-                              flops=flops)
-            if opts.only_tasks is not None and index not in opts.only_tasks:
-                state.terminated = True
-            existing = self._count_existing(mod)
-            if existing:
-                self.served["tasks"] += 1
-                self.served["records"] += existing
-                if opts.reuse:
-                    state.terminated = True
-            if self.job_tag and self.db_path:
-                state.trials_done = self.database.count_records(mod, job_tag=self.job_tag)
-            best = self._best_seconds(mod)
-            if best is not None:
-                state.best_history.append(best)
-            self._tasks.append(state)
-            self._contexts.append((task, mod))
+            self._tasks.append(self._task_state(index, task))
+            self._contexts.append((task, task.dispatched[0]))
+        opts = self.options
+        if opts.trials is not None:
+            self.trials = opts.trials
+        elif opts.time_budget_seconds is not None:
+            self.trials = UNBOUNDED_TRIALS
+        else:
+            self.trials = default_trials(self._tasks, opts)
+        self.plan = make_plan(self._tasks, opts, min(self.trials, UNBOUNDED_TRIALS))
         self.allocator = GradientAllocator(self._tasks, seed=opts.seed)
-        if opts.trials > 0 and any(t.active for t in self._tasks):
+        if self.trials > 0 and any(t.active for t in self._tasks):
             self._setup_tuning(ms, target)
         if opts.sla_ms is not None:
             self._next = StageKind.EVALUATE  # the database may already meet the SLA
             return
         self._advance_after_update()
 
-    def _count_existing(self, mod) -> int:
-        if not self.db_path:
-            return 0
-        return self.database.count_records(mod)
+    def _task_state(self, index: int, task) -> TaskState:
+        from tvm.s_tir.analysis import estimate_tir_flops
 
-    def _best_seconds(self, mod) -> float | None:
-        return self.database.best_seconds(mod) if self.db_path else None
+        opts = self.options
+        mod = task.dispatched[0]
+        try:
+            flops = float(estimate_tir_flops(mod))
+        except Exception:  # noqa: BLE001 - some functions have no countable loops
+            flops = 0.0
+        state = TaskState(index, task.task_name, float(task.weight),
+                          max_trials=opts.max_trials_per_task or UNBOUNDED_TRIALS, flops=flops)
+        if opts.only_tasks is not None and index not in opts.only_tasks:
+            state.terminated = True
+        if not self.db_path:
+            return state
+        existing = self.database.count_records(mod)
+        if existing:
+            self.served["tasks"] += 1
+            self.served["records"] += existing
+            if opts.reuse:
+                state.terminated = True
+        if self.job_tag:
+            state.trials_done = self.database.count_records(mod, job_tag=self.job_tag)
+            state.covered = state.trials_done > 0
+        best = self.database.best_seconds(mod)
+        if best is not None:
+            state.best_history.append(best)
+        state.default_secs = self.database.default_seconds(mod)
+        return state
 
     def _setup_tuning(self, ms, target) -> None:
         from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner
@@ -307,8 +312,8 @@ class TuningJob:
                                  num_threads=opts.search_threads,
                                  rand_state=opts.seed * 1000 + state.index + 1)
             spaces = ctx.generate_design_space()
-            ctx.search_strategy.pre_tuning(state.max_trials, opts.per_round, spaces,
-                                           self.database, self.cost_model)
+            ctx.search_strategy.pre_tuning(min(state.max_trials, self.trials), opts.per_round,
+                                           spaces, self.database, self.cost_model)
             self._warm_cost_model(ctx, mod)
             contexts.append(ctx)
         self._contexts = [(c, m) for c, (_, m) in zip(contexts, self._contexts)]
@@ -338,36 +343,73 @@ class TuningJob:
         self.cost_model.update(ctx, candidates, results)
 
     def _budget_left(self) -> int:
-        return self.options.trials - sum(t.trials_done for t in self._tasks)
+        return self.trials - sum(t.trials_done for t in self._tasks)
 
     def _search(self) -> None:
-        task = self._round.task
-        ctx, _ = self._contexts[task.index]
+        rnd = self._round
+        if rnd.coverage:
+            self._coverage_search(rnd)
+            return
+        ctx, _ = self._contexts[rnd.task.index]
         candidates = ctx.search_strategy.generate_measure_candidates()
-        left = self._budget_left()
         if not candidates:
-            task.terminated = True
+            rnd.task.terminated = True
             ctx.search_strategy.post_tuning()
             self._round = None
             self._advance_after_update()
             return
-        self._round.candidates = list(candidates)[:max(left, 0)]
+        rnd.candidates = list(candidates)[:max(self._budget_left(), 0)]
+        if rnd.task.default_secs is None:
+            rnd.default = default_candidate(self._contexts[rnd.task.index][1])
         self._next = StageKind.BUILD
+
+    def _coverage_search(self, rnd: _Round) -> None:
+        task, opts = rnd.task, self.options
+        _, mod = self._contexts[task.index]
+        keep = min(opts.coverage_measured, max(self._budget_left(), 0))
+        if keep > 0:
+            ctx = self._coverage_context(task)
+            rnd.candidates = ranked_samples(ctx, self.cost_model, keep)
+        if task.default_secs is None:
+            rnd.default = default_candidate(mod)
+        if not rnd.batch:
+            task.covered = True
+            self._round = None
+            self._advance_after_update()
+            return
+        self._next = StageKind.BUILD
+
+    def _coverage_context(self, task: TaskState):
+        if task.index not in self._coverage_contexts:
+            opts = self.options
+            _, mod = self._contexts[task.index]
+            self._coverage_contexts[task.index] = coverage_context(
+                mod, self.target.tvm_target(), task_name=task.name,
+                threads=opts.search_threads, seed=opts.seed * 1000 + task.index + 7,
+                samples=opts.coverage_samples, database=self.database,
+                cost_model=self.cost_model)
+        return self._coverage_contexts[task.index]
+
+    def _round_context(self, rnd: _Round):
+        if rnd.coverage:
+            return self._coverage_contexts.get(rnd.task.index) or self._contexts[rnd.task.index][0]
+        return self._contexts[rnd.task.index][0]
 
     def _build(self) -> None:
         from tvm.s_tir.meta_schedule.builder import BuilderInput
 
-        ctx, _ = self._contexts[self._round.task.index]
-        inputs = [BuilderInput(c.sch.mod, ctx.target) for c in self._round.candidates]
+        target = self.target.tvm_target()
+        inputs = [BuilderInput(c.sch.mod, target) for c in self._round.batch]
         self._round.builder_results = self.builder.build(inputs)
         self._next = StageKind.MEASURE
 
     def _measure(self) -> None:
         from tvm.s_tir.meta_schedule.runner import RunnerInput, RunnerResult
 
+        batch = self._round.batch
         ok = [(i, r) for i, r in enumerate(self._round.builder_results) if r.error_msg is None]
-        inputs = [RunnerInput(r.artifact_path, self.target.device_type,
-                              self._round.candidates[i].args_info) for i, r in ok]
+        inputs = [RunnerInput(r.artifact_path, self.target.device_type, batch[i].args_info)
+                  for i, r in ok]
         remote = self._remote_device()
         runner = self._rpc_runner(remote) if remote else self.runner
         futures = runner.run(inputs) if inputs else []
@@ -402,7 +444,7 @@ class TuningJob:
                 message = (f"RPCRunner: no answer from {remote.label} within "
                            f"{remote.session_timeout + 5:g} s")
                 out += [RunnerResult(None, message)] * (len(futures) - index)
-                runner = self.__dict__.get("_rpc_runners", {}).pop(remote, None)
+                runner = self._rpc_runners.pop(remote, None)
                 if runner is not None:
                     _discard_pool(runner.pool)
                 break
@@ -416,13 +458,12 @@ class TuningJob:
     def _rpc_runner(self, device: RemoteDevice):
         from tvm.s_tir.meta_schedule.runner import EvaluatorConfig
 
-        runners = self.__dict__.setdefault("_rpc_runners", {})
-        if device not in runners:
+        if device not in self._rpc_runners:
             opts = self.options
-            runners[device] = make_rpc_runner(device, EvaluatorConfig(
+            self._rpc_runners[device] = make_rpc_runner(device, EvaluatorConfig(
                 number=opts.number, repeat=opts.repeat, min_repeat_ms=opts.min_repeat_ms,
                 enable_cpu_cache_flush=False))
-        return runners[device]
+        return self._rpc_runners[device]
 
     def _update(self) -> None:
         from tvm.s_tir.meta_schedule.database import TuningRecord
@@ -430,30 +471,74 @@ class TuningJob:
         from .database import FAILED_RUN_SECS
 
         rnd = self._round
-        ctx, mod = self._contexts[rnd.task.index]
+        ctx = self._round_context(rnd)
+        _, mod = self._contexts[rnd.task.index]
+        results = list(rnd.runner_results)
+        if rnd.default is not None:
+            self._record_default(rnd.task, mod, results.pop(0))
         workload = self.database.commit_workload(mod)
         best = rnd.task.best
-        for cand, res in zip(rnd.candidates, rnd.runner_results):
+        for cand, res in zip(rnd.candidates, results):
             run_secs = list(res.run_secs) if res.run_secs is not None else [FAILED_RUN_SECS]
             self.database.commit_tuning_record(TuningRecord(
                 cand.sch.trace, workload, run_secs, ctx.target, cand.args_info))
             if res.run_secs is not None:
                 mean = sum(float(s) for s in res.run_secs) / len(res.run_secs)
                 best = mean if best is None else min(best, mean)
-        ctx.search_strategy.notify_runner_results(rnd.candidates, rnd.runner_results)
-        self.cost_model.update(ctx, rnd.candidates, rnd.runner_results)
+        if rnd.candidates:
+            ctx.search_strategy.notify_runner_results(rnd.candidates, results)
+            self.cost_model.update(ctx, rnd.candidates, results)
         for res in rnd.builder_results:
             if res.artifact_path:
                 shutil.rmtree(os.path.dirname(res.artifact_path), ignore_errors=True)
         rnd.task.trials_done += len(rnd.candidates)
         rnd.task.rounds += 1
+        if rnd.coverage:
+            rnd.task.covered = True
+            self.coverage["tasks"] += 1
+            self.coverage["candidates"] += len(rnd.candidates)
         self._rounds_since_evaluate += 1
         rnd.task.best_history.append(best if best is not None else FAILED_RUN_SECS)
+        self._round_seconds[rnd.coverage].append(time.time() - rnd.started)
         self.convergence.append({"trials": sum(t.trials_done for t in self._tasks),
                                  "seconds": time.time() - self._started,
                                  "best_ms": self.estimated_latency_ms()})
         self._round = None
         self._advance_after_update()
+
+    def _record_default(self, task: TaskState, mod, result) -> None:
+        if result.run_secs is None:
+            return  # the default failed to run: any working record beats it
+        task.default_secs = sum(float(s) for s in result.run_secs) / len(result.run_secs)
+        if self.db_path:
+            self.database.record_default_seconds(mod, task.default_secs)
+
+    def apply_database(self):
+        """The records the build applies: each task's best, where it beats the default.
+
+        A record slower than the task's default schedule (a parallel schedule of a tiny
+        kernel pays more in thread start-up than it saves) is left out, so that no task of
+        the built model is slower than it would be untuned.
+        """
+        from tvm.s_tir.meta_schedule.database import MemoryDatabase, TuningRecord
+
+        chosen = MemoryDatabase()
+        self.kept_default = []
+        for state, (_, mod) in zip(self._tasks, self._contexts):
+            if not self.database.has_workload(mod):
+                continue
+            top = self.database.get_top_k(self.database.commit_workload(mod), 1)
+            if not top:
+                continue
+            record = top[0]
+            seconds = sum(float(s) for s in record.run_secs) / len(record.run_secs)
+            if state.default_secs is not None and seconds >= state.default_secs:
+                self.kept_default.append(state.name)
+                continue
+            chosen.commit_tuning_record(TuningRecord(
+                record.trace, chosen.commit_workload(mod), record.run_secs,
+                record.target, record.args_info))
+        return chosen
 
     def _evaluate(self) -> None:
         """Build the whole model from the database and measure it against the SLA."""
@@ -461,7 +546,8 @@ class TuningJob:
         from .compile import compile_tuned
         from .model import random_inputs
 
-        executable = compile_tuned(self.relax_mod, self.target, self.database)
+        executable = compile_tuned(self.relax_mod, self.target, self.apply_database(),
+                                   layout_rewrite=self.layout_rewrite)
         stats = bench.bench_tvm(executable, self.target.device_type,
                                 random_inputs(self.inputs, seed=self.options.seed), repeat=10)
         self.sla_history.append({"trials": sum(t.trials_done for t in self._tasks),
@@ -477,6 +563,36 @@ class TuningJob:
         deadline = self.options.deadline_seconds
         return deadline is not None and time.time() - self._started >= deadline
 
+    def _time_left_for(self, coverage: bool) -> bool:
+        """Whether a round of this kind fits in what is left of the time budget."""
+        budget = self.options.time_budget_seconds
+        if budget is None or self._started is None:
+            return True
+        past = self._round_seconds[coverage]
+        typical = sorted(past)[len(past) // 2] if past else 0.0
+        return time.time() - self._started + typical <= budget
+
+    def _next_round(self) -> _Round | None:
+        """Coverage rounds first, heaviest task first; then the gradient rule."""
+        opts = self.options
+        if opts.coverage_measured > 0 and opts.coverage_samples > 0:
+            pending = [t for t in self._tasks if t.active and not t.covered
+                       and self._contexts[t.index][0] is not None]
+            if pending:
+                task = max(pending, key=lambda t: (t.weight * t.flops, -t.index))
+                if not self._time_left_for(True):
+                    self.stop_reason = "time budget"
+                    return None
+                return _Round(task, coverage=True, started=time.time())
+        task = self.allocator.next_task()
+        if task is None or self._contexts[task.index][0] is None:
+            self.stop_reason = self.stop_reason or "search space exhausted"
+            return None
+        if not self._time_left_for(False):
+            self.stop_reason = "time budget"
+            return None
+        return _Round(task, started=time.time())
+
     def _advance_after_update(self, *, evaluated: bool = False) -> None:
         sla = self.options.sla_ms is not None
         if sla and not evaluated and self._rounds_since_evaluate >= self.options.evaluate_every:
@@ -485,13 +601,11 @@ class TuningJob:
             return
         if self._deadline_passed():
             self.stop_reason = "deadline"
-        elif self._budget_left() > 0 and self.options.trials > 0:
-            task = self.allocator.next_task()
-            if task is not None and self._contexts[task.index][0] is not None:
-                self._round = _Round(task)
+        elif self._budget_left() > 0 and self.trials > 0:
+            self._round = self._next_round()
+            if self._round is not None:
                 self._next = StageKind.SEARCH
                 return
-            self.stop_reason = self.stop_reason or "search space exhausted"
         else:
             self.stop_reason = self.stop_reason or "budget"
         if sla and not evaluated and self._rounds_since_evaluate > 0:
@@ -512,19 +626,19 @@ class TuningJob:
         from .finalize import finalize_job
 
         self._result = finalize_job(self, self._compiled)
+        self.executable = self._compiled.exported
         self._compiled = None
         self._next = None
 
     def _shutdown_workers(self) -> None:
-        builder = getattr(self, "builder", None)
-        if builder is not None:
-            builder.shutdown()
-        runners = [getattr(self, "runner", None), *self.__dict__.get("_rpc_runners", {}).values()]
-        for runner in runners:
+        if self.builder is not None:
+            self.builder.shutdown()
+        for runner in [self.runner, *self._rpc_runners.values()]:
             if runner is not None:
                 runner.pool.shutdown(wait=False)
 
     def close(self) -> None:
+        """Stop the build and measurement workers of a job abandoned before compile."""
         self._shutdown_workers()
 
 

@@ -7,7 +7,9 @@ file is executed: ONNX is data, and custom-op domains are refused.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,14 +45,77 @@ def parse_input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+MAX_MODEL_BYTES_ENV = "SIMPLETVM_MAX_MODEL_BYTES"
+DEFAULT_MAX_MODEL_BYTES = 2 * 1024**3  # protobuf cannot parse a bigger message anyway
+
+
+def max_model_bytes() -> int:
+    """The largest model file we read (``SIMPLETVM_MAX_MODEL_BYTES``, default 2 GiB)."""
+    text = os.environ.get(MAX_MODEL_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_MODEL_BYTES
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise UserInputError(f"{MAX_MODEL_BYTES_ENV}='{text}' is not a positive number of "
+                             "bytes; set it to an integer such as 4294967296, or unset it")
+    return limit
+
+
+def _read_model_file(path: Path) -> bytes:
+    """The file's bytes; only a regular file of at most ``max_model_bytes()`` is read.
+
+    A device (``/dev/zero``) would be read until memory runs out and a FIFO would block
+    forever, so the path is stat'ed before it is opened, and the open file is checked
+    again (the path may have been swapped between the two).
+    """
+    limit = max_model_bytes()
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ModelError(f"model file '{path}' does not exist; check the path, or write a "
+                         "sample with `simpletvm sample cnn -o cnn.onnx`") from None
+    except OSError as exc:
+        raise ModelError(f"model file '{path}' cannot be read ({exc.strerror}); "
+                         "check the path and its permissions") from None
+    _check_model_stat(path, info, limit)
+    try:
+        # O_NONBLOCK: should a FIFO have replaced the file since the stat, open returns
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ModelError(f"model file '{path}' cannot be read ({exc.strerror}); "
+                         "check the path and its permissions") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        _check_model_stat(path, info, limit)
+        data = fh.read(info.st_size + 1)  # bounded: never more than the limit allows
+    if len(data) > info.st_size:
+        raise ModelError(f"model file '{path}' grew while it was read; "
+                         "wait until it is written completely")
+    return data
+
+
+def _check_model_stat(path: Path, info: os.stat_result, limit: int) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise ModelError(f"'{path}' is a directory, not an ONNX model file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else
+                "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else
+                "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file")
+        raise ModelError(f"'{path}' is {kind}, not an ONNX model file; give the path of "
+                         "a regular .onnx file")
+    if info.st_size > limit:
+        raise ModelError(f"model file '{path}' is {info.st_size:,} bytes, over the limit of "
+                         f"{limit:,} bytes; check the path, or raise {MAX_MODEL_BYTES_ENV} "
+                         "if this really is the model")
+
+
 def load_onnx(path: str | Path) -> onnx.ModelProto:
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"model file '{path}' does not exist; check the path, or write a "
-                         "sample with `simpletvm sample cnn -o cnn.onnx`")
-    if path.is_dir():
-        raise ModelError(f"'{path}' is a directory, not an ONNX model file")
-    data = path.read_bytes()
+    data = _read_model_file(path)
     if not data:
         raise ModelError(f"model file '{path}' is empty; export the model to ONNX again")
     try:
@@ -117,16 +182,15 @@ def check_operators(model: onnx.ModelProto) -> None:
 
 
 def to_relax(model: onnx.ModelProto, inputs: list[InputSpec]):
-    """Import into Relax with weights folded in as constants."""
-    from tvm.relax.frontend.onnx import from_onnx
+    """Import into Relax with weights folded in as constants.
 
-    try:
-        return from_onnx(model, shape_dict={i.name: list(i.shape) for i in inputs},
-                         dtype_dict={i.name: i.dtype for i in inputs},
-                         keep_params_in_input=False)
-    except Exception as exc:  # noqa: BLE001 - the frontend raises many kinds
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"TVM could not import the model: {first[:300]}") from None
+    A model TVM's frontend rejects is retried after shape inference and constant folding
+    (see ``onnx_prep``); if that fails too, the error names the operator that failed.
+    """
+    from .onnx_prep import import_relax
+
+    return import_relax(model, {i.name: list(i.shape) for i in inputs},
+                        {i.name: i.dtype for i in inputs})
 
 
 def fuse_for_tuning(mod, target):

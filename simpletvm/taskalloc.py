@@ -23,6 +23,8 @@ class TaskState:
     rounds: int = 0
     terminated: bool = False
     best_history: list[float] = field(default_factory=list)  # best seconds after each round
+    covered: bool = False  # its coverage round has run
+    default_secs: float | None = None  # its default (unscheduled) kernel time, if measured
 
     @property
     def best(self) -> float | None:

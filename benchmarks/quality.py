@@ -1,0 +1,225 @@
+"""Quality of what `simpletvm tune` produces: tuned, untuned and onnxruntime latency of
+the real-architecture samples at wall-clock budgets, with convergence and roofline.
+
+Each point runs `simpletvm tune MODEL --time-budget B --json` in a fresh process with a
+fresh tuning database, and appends its JSON result to a JSON-lines file, so an
+interrupted run resumes where it stopped (points already recorded are skipped).
+
+    python benchmarks/quality.py run --models cnn,mobilenet_v2 --budgets 5,15 \\
+        --repeats 1 --out docs/quality/results.jsonl
+    python benchmarks/quality.py report --out docs/quality/results.jsonl \\
+        --figure docs/figures/quality/convergence.png
+    python benchmarks/quality.py peak        # the GEMM microbenchmark behind the roofline
+
+The roofline of a model is its FLOPs (the tasks' weight x FLOPs, as MetaSchedule counts
+them) divided by this CPU's attainable peak, measured as the best of several float32
+GEMMs (numpy's BLAS, all cores, 2048 x 2048): no schedule of the model can beat it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def gemm_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Attainable float32 GFLOPS on this machine: the best of ``repeats`` GEMMs."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((size, size), dtype=np.float32)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def _revision() -> str:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return rev + ("+uncommitted" if dirty else "")
+
+
+def _done(out: Path) -> set[tuple[str, float, int]]:
+    if not out.exists():
+        return set()
+    keys = set()
+    for line in out.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            keys.add((row["model"], row["budget_min"], row["repeat"]))
+    return keys
+
+
+def run_point(model: str, budget_min: float, repeat: int, work: Path,
+              extra: list[str]) -> dict:
+    path = work / f"{model}.onnx"
+    if not path.exists():
+        subprocess.run(["simpletvm", "sample", model, "-o", str(path)], check=True,
+                       capture_output=True)
+    db = work / f"{model}-{budget_min:g}m-{repeat}.db"
+    cmd = ["simpletvm", "tune", str(path), "--target", "llvm", "--time-budget",
+           f"{budget_min:g}m", "--db", str(db), "--seed", str(repeat), "--json", *extra]
+    start = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    row = {"model": model, "budget_min": budget_min, "repeat": repeat,
+           "command": " ".join(["simpletvm", "tune", f"{model}.onnx", *cmd[3:7],
+                                "--db", "FRESH.db", *cmd[9:]]),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(start)),
+           "revision": _revision(), "wall_seconds": time.time() - start,
+           "rc": proc.returncode}
+    if proc.returncode == 0:
+        row["result"] = json.loads(proc.stdout)
+    else:
+        row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
+    return row
+
+
+def cmd_run(args) -> int:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _done(out)
+    work = Path(args.work or tempfile.mkdtemp(prefix="quality-"))
+    work.mkdir(parents=True, exist_ok=True)
+    extra = args.extra.split() if args.extra else []
+    for repeat in range(args.repeats):
+        for budget in [float(b) for b in args.budgets.split(",")]:
+            for model in args.models.split(","):
+                if (model, budget, repeat) in done:
+                    continue
+                print(f"{time.strftime('%H:%M:%S')} {model} {budget:g} min repeat {repeat}",
+                      flush=True)
+                row = run_point(model, budget, repeat, work, extra)
+                with out.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                r = row.get("result") or {}
+                print(f"  rc={row['rc']} tuned={r.get('tuned_ms')} "
+                      f"untuned={r.get('untuned_ms')} ort={r.get('onnxruntime_ms')} "
+                      f"{row.get('error', '')}", flush=True)
+    return 0
+
+
+def _model_gflop(result: dict) -> float:
+    plan = result.get("plan") or {}
+    return sum(t["weight"] * t["flops"] for t in plan.get("tasks", [])) / 1e9
+
+
+def cmd_report(args) -> int:
+    rows = [json.loads(line) for line in Path(args.out).read_text().splitlines()
+            if line.strip()]
+    peak = args.peak or gemm_peak_gflops()
+    print(f"Attainable peak (float32 GEMM 2048, all cores, best of 5): {peak:.1f} GFLOPS\n")
+    print("| model | budget min | repeat | tasks | trials | untuned ms | tuned ms | "
+          "onnxruntime ms | tuned / ort | roofline ms | exported | output check | "
+          "revision | date |")
+    print("|" + "---|" * 14)
+    for row in sorted(rows, key=lambda r: (r["model"], r["budget_min"], r["repeat"])):
+        r = row.get("result")
+        if r is None:
+            print(f"| {row['model']} | {row['budget_min']:g} | {row['repeat']} | "
+                  f"failed: {row.get('error', '?')} |" + " |" * 10)
+            continue
+        roof = _model_gflop(r) / peak * 1e3
+        check = r.get("output_check") or {}
+        ratio = r["tuned_ms"] / r["onnxruntime_ms"] if r.get("onnxruntime_ms") else None
+        print(f"| {row['model']} | {row['budget_min']:g} | {row['repeat']} | {r['tasks']} | "
+              f"{r['trials']} | {_ms(r.get('untuned_ms'))} | {_ms(r['tuned_ms'])} | "
+              f"{_ms(r.get('onnxruntime_ms'))} | {f'{ratio:.2f}' if ratio else '-'} | "
+              f"{roof:.3f} | {r.get('exported')} | "
+              f"{'ok' if check.get('ok') else 'not run'} {check.get('max_abs_err', '')} | "
+              f"{row['revision']} | {row['date']} |")
+    _spread(rows)
+    if args.figure:
+        _plot(rows, Path(args.figure))
+    return 0
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _spread(rows: list[dict]) -> None:
+    groups: dict[tuple[str, float], list[float]] = {}
+    for row in rows:
+        if row.get("result"):
+            groups.setdefault((row["model"], row["budget_min"]), []).append(
+                row["result"]["tuned_ms"])
+    print("\n| model | budget min | runs | tuned ms min | max | spread (max-min)/min |")
+    print("|---|---|---|---|---|---|")
+    for (model, budget), values in sorted(groups.items()):
+        if len(values) > 1:
+            lo, hi = min(values), max(values)
+            print(f"| {model} | {budget:g} | {len(values)} | {lo:.3f} | {hi:.3f} | "
+                  f"{(hi - lo) / lo:.1%} |")
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    """Best whole-model estimate (sum of weight x best kernel) against tuning time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows if r.get("result")})
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for row in rows:
+            r = row.get("result")
+            if row["model"] != model or not r:
+                continue
+            points = [(c["seconds"] / 60, c["best_ms"]) for c in r["convergence"]
+                      if c.get("best_ms")]
+            if points:
+                ax.plot(*zip(*points), label=f"{row['budget_min']:g} min #{row['repeat']}")
+            if r.get("onnxruntime_ms"):
+                ax.axhline(r["onnxruntime_ms"], color="gray", linestyle="--", linewidth=0.8)
+        ax.set_title(f"{model} (dashed: onnxruntime)")
+        ax.set_xlabel("tuning minutes")
+        ax.set_ylabel("estimated model ms")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"\nconvergence figure: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="tune the models at each budget (resumable)")
+    run.add_argument("--models", default="cnn,mobilenet_v2,bert_encoder,resnet18")
+    run.add_argument("--budgets", default="5,15,30,60", help="minutes, comma-separated")
+    run.add_argument("--repeats", type=int, default=1)
+    run.add_argument("--out", default="docs/quality/results.jsonl")
+    run.add_argument("--work", default=None, help="where models and databases go")
+    run.add_argument("--extra", default="", help="more `simpletvm tune` flags")
+    report = sub.add_parser("report", help="markdown tables and the convergence figure")
+    report.add_argument("--out", default="docs/quality/results.jsonl")
+    report.add_argument("--figure", default=None)
+    report.add_argument("--peak", type=float, default=None,
+                        help="GFLOPS (default: measure with the GEMM microbenchmark)")
+    sub.add_parser("peak", help="print this machine's attainable GEMM GFLOPS")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "report":
+        return cmd_report(args)
+    print(f"{gemm_peak_gflops():.1f} GFLOPS (float32 GEMM 2048, all cores, best of 5)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
