@@ -53,8 +53,9 @@ class _Round:
         return ([self.default] if self.default is not None else []) + self.candidates
 
 
-# no budget in trials (a time budget alone): progress reports 0 as the total
-UNBOUNDED_TRIALS = 2**62
+# no budget in trials (a time budget alone): progress reports 0 as the total. The
+# largest C++ int: MetaSchedule's search strategies take their trial count as one
+UNBOUNDED_TRIALS = 2**31 - 1
 
 
 class TuningJob:

@@ -120,7 +120,7 @@ def _check_number(name: str, value) -> None:
         raise UserInputError(f"{_flag(name)} must be a whole number, got {value!r}")
     if not math.isfinite(value):
         raise UserInputError(f"{_flag(name)} must be finite, got {value!r}")
-    if abs(value) > 2**62:
+    if abs(value) > (2**31 - 1 if name in _INTS else 1e12):  # C++ ints; sane seconds
         raise UserInputError(f"{_flag(name)} is too large: {value!r}")
 
 

@@ -63,10 +63,17 @@ def default_trials(tasks: list[TaskState], options: TuningOptions) -> int:
 
 
 def make_plan(tasks: list[TaskState], options: TuningOptions, trials: int) -> TuningPlan:
+    """``trials`` may be unbounded (a time budget alone): the rounds that fit in the
+    time at the assumed round times are planned then."""
     shares = _shares(tasks)
     active = [t for t in tasks if t.active]
     coverage = min(trials, len(active) * options.coverage_measured)
     rest = max(trials - coverage, 0)
+    budget = options.time_budget_seconds
+    if budget is not None:
+        fit = (budget - len(active) * ASSUMED_COVERAGE_ROUND_SECONDS) / (
+            ASSUMED_SEARCH_ROUND_SECONDS)
+        rest = min(rest, max(int(fit), 0) * options.per_round)
     significant_share = sum(shares[t.index] for t in active
                             if shares[t.index] >= SIGNIFICANT_SHARE) or 1.0
     rows = []

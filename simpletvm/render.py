@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .check import OutputMismatchError
 from .errors import UserInputError
 from .stages import StageKind
 
@@ -156,6 +157,9 @@ def _run_body(fn: Callable[[], None]) -> None:
     except UserInputError as exc:
         err_console.print(f"[red]Error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
+    except OutputMismatchError as exc:  # the tuning's fault, not the user's: status 1
+        err_console.print(f"[red]Error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         err_console.print("Interrupted; records measured so far are kept in the database.")
         raise SystemExit(130) from None
@@ -230,9 +234,11 @@ def export_line(result: dict[str, Any]) -> str:
 
 def plan_table(plan) -> Table:
     """The plan printed before tuning: budget, then the tasks that matter."""
+    from .engine import UNBOUNDED_TRIALS
+
     if plan.time_budget_seconds is not None:
         budget = f"{plan.time_budget_seconds / 60:.1f} min of tuning"
-        if plan.trials < 2**62:
+        if plan.trials < UNBOUNDED_TRIALS:
             budget += f" or {plan.trials} trials"
     else:
         budget = f"{plan.trials} trials, about {plan.estimated_seconds / 60:.1f} min (estimate)"
