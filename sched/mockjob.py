@@ -211,6 +211,7 @@ class MockJob:
             **({"probe": probe_summary(self.probe_ms)} if self.probe_ms else {}),
         }
 
+
 def probe_summary(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     mean = sum(ordered) / len(ordered)

@@ -122,7 +122,10 @@ class Held:
     resources: dict[str, int]
     granted_at: float
     started_at: float | None = None
-    suspended: bool = False  # paused for a measurement; its resources are lent to it
+    suspended: bool = False  # paused (SIGSTOP) for a measurement
+    # the measurement's request; the units are lent to it only while its lease is active
+    suspended_for: int | None = None
+    request_id: int | None = None
 
 
 @dataclass(frozen=True)

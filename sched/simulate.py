@@ -19,6 +19,7 @@ from .mockjob import MockJob, MockSpec
 from .models import JobKind, Resource, ResourceKind
 from .registry import Registry
 from .resources import device_kind_for_mock
+from .strategies import lending
 
 # The 3-job llvm mix of docs/evaluation.md (mlp, attention, cnn at 16 trials) as
 # MockJobs: stage seconds read off its first run's Gantt chart. A cpu-device workload
@@ -129,8 +130,10 @@ def simulate(
         clock[0] = now
         dispatcher.resume_finished(now)  # before counting: resumed stages hold units again
         in_use = {name: 0 for name in capacity}
-        for lease in registry.active_leases():
-            if lease.suspended:
+        leases = registry.active_leases()
+        lent = lending(leases)
+        for lease in leases:
+            if lease.epoch in lent:
                 continue
             for name, amount in lease.resources.items():
                 in_use[name] += amount

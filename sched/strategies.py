@@ -44,10 +44,12 @@ class Snapshot:
     preempt: bool = False  # may a CPU-target measurement suspend other jobs' CPU stages?
 
     def free(self) -> dict[str, int]:
-        """Units free now; a suspended lease's units are lent to the stage it paused for."""
+        """Units free now; a suspended lease's units are lent to the stage it paused for,
+        only while that stage's lease is active (``lending``)."""
         free = {name: r.capacity for name, r in self.resources.items()}
+        lent = lending(self.leases)
         for lease in self.leases:
-            if lease.suspended:
+            if lease.epoch in lent:
                 continue
             for name, amount in lease.resources.items():
                 if name in free:
@@ -60,6 +62,22 @@ class Snapshot:
             for name in lease.resources:
                 held.setdefault(name, []).append(lease.job_id)
         return held
+
+
+def lending(leases: list[Held]) -> set[int]:
+    """Epochs of the suspended leases whose units are lent: those whose suspender (the
+    measurement's request) holds an active lease among ``leases``.
+
+    Once the measurement has ended, a suspended lease holds its units again, though its
+    runner is still stopped: the next pass resumes it, and a grant made meanwhile on its
+    units would put one stage too many on the cores (issue 12).
+    """
+    active = {lease.request_id for lease in leases if lease.request_id is not None}
+    return {
+        lease.epoch
+        for lease in leases
+        if lease.suspended and lease.suspended_for is not None and lease.suspended_for in active
+    }
 
 
 @dataclass
@@ -153,13 +171,15 @@ def preemption(
     pool = next((r for r in snap.resources.values() if r.kind is ResourceKind.CPU), None)
     if pool is None:
         return None
+    lent = lending(snap.leases)
     holders = [
         lease
         for lease in snap.leases
-        if not lease.suspended and lease.resources.get(pool.name, 0) > 0
+        if lease.epoch not in lent and lease.resources.get(pool.name, 0) > 0
     ]
     if not holders or any(
-        lease.job_id == p.job_id
+        lease.suspended  # suspended for a measurement that has ended: resumed next pass
+        or lease.job_id == p.job_id
         or lease.kind not in PREEMPTIBLE_KINDS
         or set(lease.resources) != {pool.name}
         for lease in holders

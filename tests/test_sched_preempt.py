@@ -100,8 +100,8 @@ def test_synchronous_never_preempts():
 
 def test_suspended_units_are_lent_not_free():
     leases = [
-        Held(7, 2, "search", {"cpu": 1}, 0.0, suspended=True),
-        Held(9, 1, "measure", {"cpu-device": 1, "cpu": 2}, 0.0),
+        Held(7, 2, "search", {"cpu": 1}, 0.0, suspended=True, suspended_for=3),
+        Held(9, 1, "measure", {"cpu-device": 1, "cpu": 2}, 0.0, request_id=3),
     ]
     snap = snapshot([search(2, 4)], leases)
     assert snap.free() == {"cpu": 0, "cpu-device": 0}
@@ -181,6 +181,7 @@ def test_no_suspend_function_means_no_preemption(tmp_path):
 
 
 # ---- the simulator --------------------------------------------------------------------
+
 
 def test_simulated_preemption_shortens_the_batch_and_measures_alone(tmp_path):
     resources = [CPU2, CPU_DEVICE]

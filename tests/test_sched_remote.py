@@ -23,7 +23,7 @@ from tvmsched.strategies import Snapshot, get_strategy
 from .rpc_helpers import free_port, start_server, start_tracker, stop
 from .sched_helpers import wait_for
 
-# tiny searches: DESIGN.md's shrunk EvolutionarySearch, one timing per candidate
+# tiny searches: the shrunk EvolutionarySearch of docs/tvm-facts.md, one timing per candidate
 FAST = {
     "population_size": 32,
     "init_min_unmeasured": 8,

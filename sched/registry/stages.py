@@ -18,6 +18,12 @@ from ..models import (
 from .base import RegistryBase, _dumps
 
 GATE_WAIT_S = 2.0  # how long a grant that suspends stages waits for the writers' gate
+# Is the suspender of lease ``l`` (the measurement's request) still holding an active
+# lease? Only then are ``l``'s units lent to it; once it has ended they are ``l``'s again,
+# even before the next pass resumes ``l`` (strategies.lending does the same).
+SUSPENDER_ACTIVE = (
+    "EXISTS (SELECT 1 FROM leases m WHERE m.request_id = l.suspended_for AND m.state = 'active')"
+)
 
 
 class StagesMixin(RegistryBase):
@@ -128,60 +134,75 @@ class StagesMixin(RegistryBase):
         with self._write(gate=bool(suspend)) as conn:
             now = time.time() if now is None else now  # stamped under the write lock
             capacity = dict(conn.execute("SELECT name, capacity FROM resources").fetchall())
-            used: dict[str, int] = {}
-            for (held,) in conn.execute(
-                "SELECT resources FROM leases WHERE state = 'active' AND suspended_for IS NULL"
-            ):
-                for name, amount in json.loads(held).items():
-                    used[name] = used.get(name, 0) + amount
+            used = self._units_held(conn)
             for pending, resources in grants:
+                lent: dict[str, int] = {}
                 if pending.request_id in suspend:
-                    self._suspend(conn, pending, suspend[pending.request_id], used, on_suspend, now)
-                if enforce_capacity and any(
-                    used.get(n, 0) + a > capacity.get(n, 0) for n, a in resources.items()
-                ):
+                    lent = self._suspend(
+                        conn, pending, suspend[pending.request_id], used, on_suspend, now
+                    )
+                fits = not enforce_capacity or all(
+                    used.get(n, 0) + a <= capacity.get(n, 0) for n, a in resources.items()
+                )
+                grant = self._lease(conn, pending, resources, now) if fits else None
+                if grant is None:  # what it suspended lends to nothing: resumed next pass
+                    for name, amount in lent.items():
+                        used[name] = used.get(name, 0) + amount
                     continue
                 for name, amount in resources.items():
                     used[name] = used.get(name, 0) + amount
-                row = conn.execute(
-                    "UPDATE requests SET state = 'granted' WHERE id = ? AND state = 'pending'"
-                    " RETURNING job_id",
-                    (pending.request_id,),
-                ).fetchone()
-                if row is None:
-                    continue
-                holder = conn.execute(
-                    "SELECT runner_pid, runner_started FROM jobs WHERE id = ?", (row[0],)
-                ).fetchone()
-                epoch = conn.execute(
-                    "INSERT INTO leases (request_id, job_id, kind, resources, holder_pid,"
-                    " holder_started, state, granted_at, heartbeat_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?) RETURNING epoch",
-                    (
-                        pending.request_id,
-                        pending.job_id,
-                        pending.kind,
-                        _dumps(resources),
-                        holder[0],
-                        holder[1],
-                        now,
-                        now,
-                    ),
-                ).fetchone()[0]
-                conn.execute(
-                    "UPDATE requests SET epoch = ? WHERE id = ?", (epoch, pending.request_id)
-                )
-                conn.execute(
-                    "UPDATE jobs SET stage = ?, wait_reason = NULL WHERE id = ?",
-                    (pending.kind, pending.job_id),
-                )
-                self._event(
-                    conn, now, EventKind.GRANT, pending.job_id, pending.kind, epoch, resources
-                )
-                done.append(Grant(pending.request_id, pending.job_id, int(epoch), resources))
+                done.append(grant)
             for job_id, reason in (reasons or {}).items():
                 conn.execute("UPDATE jobs SET wait_reason = ? WHERE id = ?", (reason, job_id))
         return done
+
+    @staticmethod
+    def _units_held(conn) -> dict[str, int]:
+        """Units held by active leases, but for suspended ones whose measurement still
+        runs (their units are lent to it)."""
+        used: dict[str, int] = {}
+        for (held,) in conn.execute(
+            "SELECT l.resources FROM leases l WHERE l.state = 'active'"
+            f" AND NOT (l.suspended_for IS NOT NULL AND {SUSPENDER_ACTIVE})"
+        ):
+            for name, amount in json.loads(held).items():
+                used[name] = used.get(name, 0) + amount
+        return used
+
+    def _lease(self, conn, pending: Pending, resources: dict[str, int], now: float) -> Grant | None:
+        """Grant ``pending`` with ``resources`` (inside ``grant``); None if no longer pending."""
+        row = conn.execute(
+            "UPDATE requests SET state = 'granted' WHERE id = ? AND state = 'pending'"
+            " RETURNING job_id",
+            (pending.request_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        holder = conn.execute(
+            "SELECT runner_pid, runner_started FROM jobs WHERE id = ?", (row[0],)
+        ).fetchone()
+        epoch = conn.execute(
+            "INSERT INTO leases (request_id, job_id, kind, resources, holder_pid,"
+            " holder_started, state, granted_at, heartbeat_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?) RETURNING epoch",
+            (
+                pending.request_id,
+                pending.job_id,
+                pending.kind,
+                _dumps(resources),
+                holder[0],
+                holder[1],
+                now,
+                now,
+            ),
+        ).fetchone()[0]
+        conn.execute("UPDATE requests SET epoch = ? WHERE id = ?", (epoch, pending.request_id))
+        conn.execute(
+            "UPDATE jobs SET stage = ?, wait_reason = NULL WHERE id = ?",
+            (pending.kind, pending.job_id),
+        )
+        self._event(conn, now, EventKind.GRANT, pending.job_id, pending.kind, epoch, resources)
+        return Grant(pending.request_id, pending.job_id, int(epoch), resources)
 
     def _suspend(
         self,
@@ -191,8 +212,9 @@ class StagesMixin(RegistryBase):
         used: dict[str, int],
         on_suspend,
         now: float,
-    ) -> None:
-        """Suspend the still-active leases in ``epochs`` for ``pending`` (inside ``grant``)."""
+    ) -> dict[str, int]:
+        """Suspend the still-active leases in ``epochs`` for ``pending`` (inside ``grant``);
+        the units they lend it, taken off ``used``."""
         marks = ",".join("?" * len(epochs))
         rows = [
             dict(r)
@@ -202,8 +224,9 @@ class StagesMixin(RegistryBase):
                 epochs,
             )
         ]
+        lent: dict[str, int] = {}
         if not rows:
-            return
+            return lent
         if on_suspend is not None:
             stopped = on_suspend(rows)
             if stopped is not None:  # the holders that did stop; the others run on
@@ -220,6 +243,7 @@ class StagesMixin(RegistryBase):
             held = json.loads(row["resources"])
             for name, amount in held.items():
                 used[name] = used.get(name, 0) - amount
+                lent[name] = lent.get(name, 0) + amount
             self._event(
                 conn,
                 now,
@@ -230,14 +254,14 @@ class StagesMixin(RegistryBase):
                 held,
                 {"for_job": pending.job_id, "for_request": pending.request_id},
             )
+        return lent
 
     def suspended_leases(self) -> list[dict[str, Any]]:
         """Suspended leases whose measurement has ended (its lease is no longer active)."""
         rows = self.conn.execute(
             "SELECT l.epoch, l.job_id, l.kind, l.holder_pid, l.holder_started FROM leases l"
             " WHERE l.state = 'active' AND l.suspended_for IS NOT NULL"
-            " AND NOT EXISTS (SELECT 1 FROM leases m WHERE m.request_id = l.suspended_for"
-            " AND m.state = 'active') ORDER BY l.epoch"
+            f" AND NOT {SUSPENDER_ACTIVE} ORDER BY l.epoch"
         )
         return [dict(r) for r in rows]
 
@@ -261,10 +285,13 @@ class StagesMixin(RegistryBase):
 
     def active_leases(self) -> list[Held]:
         rows = self.conn.execute(
-            "SELECT epoch, job_id, kind, resources, granted_at, started_at,"
-            " suspended_for IS NOT NULL FROM leases WHERE state = 'active' ORDER BY epoch"
+            "SELECT epoch, job_id, kind, resources, granted_at, started_at, suspended_for,"
+            " request_id FROM leases WHERE state = 'active' ORDER BY epoch"
         )
-        return [Held(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], bool(r[6])) for r in rows]
+        return [
+            Held(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6] is not None, r[6], r[7])
+            for r in rows
+        ]
 
     def start_stage(self, epoch: int, *, now: float | None = None) -> None:
         with self._write() as conn:
