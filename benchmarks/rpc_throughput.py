@@ -34,7 +34,7 @@ from pathlib import Path
 from simpletvm.samples import write_sample
 from tvmsched import api
 
-FAST = {  # DESIGN.md's shrunk EvolutionarySearch, one timing per candidate
+FAST = {  # the shrunk EvolutionarySearch of docs/tvm-facts.md, one timing per candidate
     "population_size": 32,
     "init_min_unmeasured": 8,
     "genetic_num_iters": 1,

@@ -52,9 +52,12 @@ class SimpleTVM:
             self.target("llvm")
         return self.target_spec
 
-    def tune(self, *, trials: int = 64, db: str | Path | None = None, on_stage=None,
+    def tune(self, *, trials: int | None = None, db: str | Path | None = None, on_stage=None,
              **options) -> SimpleTVM:
-        """Tune on the stage-by-stage engine; the records land in ``db`` (SQLite)."""
+        """Tune on the stage-by-stage engine; the records land in ``db`` (SQLite).
+
+        ``trials=None`` sizes the budget from the task count; ``options`` are further
+        ``TuningOptions`` fields (``time_budget_seconds=600``, ``search_threads=2``...)."""
         opts = TuningOptions(trials=trials, **options).validate()
         self.job = TuningJob(self.onnx_model, self.inputs, self._spec(), options=opts,
                              db_path=db, name=self.path.stem, measure_baselines=False)

@@ -69,9 +69,9 @@ def tune(
     """
 
     def body() -> None:
-        from .engine import TuningJob
         from .options import TuningOptions
         from .paths import default_db
+        from .spec import JobSpec
 
         opts = TuningOptions(trials=trials, time_budget_seconds=_duration(time_budget),
                              per_round=per_round, builder_workers=builder_workers,
@@ -81,9 +81,11 @@ def tune(
                              population_size=population,
                              init_min_unmeasured=min(50, population),
                              layout_rewrite=layout_rewrite, check_outputs=output_check)
-        job = TuningJob.from_model(model, target=target, options=opts,
-                                   db_path=db or default_db(), output=output,
-                                   input_shapes=_shapes(input_shape))
+        spec = JobSpec(model=str(model), target=target, options=opts,
+                       input_shapes=_shapes(input_shape),
+                       output=str(output) if output else None,
+                       tuning_db=str(db or default_db())).validate()
+        job = spec.tuning_job()
         if json_out:
             job.run_all()
         else:

@@ -39,7 +39,7 @@ def compile_tuned(mod, target_spec: TargetSpec, database, *, layout_rewrite: boo
 
     @tvm.transform.module_pass(opt_level=3)
     def pipeline(mod, _ctx):
-        mod = tvm.transform.Sequential(_fuse_passes(target, layout_rewrite))(mod)
+        mod = tvm.transform.Sequential(fuse_passes(target, layout_rewrite))(mod)
         mod = relax.transform.MetaScheduleApplyDatabase()(mod)
         if layout_rewrite:
             mod = relax.transform.SplitLayoutRewritePreproc()(mod)
@@ -52,7 +52,7 @@ def compile_tuned(mod, target_spec: TargetSpec, database, *, layout_rewrite: boo
         return relax_build(mod, target=target, relax_pipeline=pipeline)
 
 
-def _fuse_passes(target, layout_rewrite: bool) -> list:
+def fuse_passes(target, layout_rewrite: bool) -> list:
     """What ``fuse_for_tuning`` runs after the decompositions, so workloads match."""
     from tvm import relax
     from tvm.relax import pipeline as relax_pipeline
@@ -88,6 +88,34 @@ def _lowering_passes(target) -> list:
                 relax.transform.KillAfterLastUse(), relax.transform.LowerRuntimeBuiltin(),
                 relax.transform.ComputePrimValue(), relax.transform.VMShapeLower(),
                 relax.transform.AttachGlobalSymbol()]
+
+
+def records_to_apply(database, task_mods: list, default_secs: list[float | None]):
+    """Each task's best record, where it beats the task's default schedule.
+
+    A record slower than the default (a parallel schedule of a tiny kernel pays more in
+    thread start-up than it saves) is left out, so that no task of the built model is
+    slower than it would be untuned. Returns the records as a MemoryDatabase, and the
+    indices of the tasks left at their default.
+    """
+    from tvm.s_tir.meta_schedule.database import MemoryDatabase, TuningRecord
+
+    chosen, kept_default = MemoryDatabase(), []
+    for index, (mod, default) in enumerate(zip(task_mods, default_secs)):
+        if not database.has_workload(mod):
+            continue
+        top = database.get_top_k(database.commit_workload(mod), 1)
+        if not top:
+            continue
+        record = top[0]
+        seconds = sum(float(s) for s in record.run_secs) / len(record.run_secs)
+        if default is not None and seconds >= default:
+            kept_default.append(index)
+            continue
+        chosen.commit_tuning_record(TuningRecord(record.trace, chosen.commit_workload(mod),
+                                                 record.run_secs, record.target,
+                                                 record.args_info))
+    return chosen, kept_default
 
 
 def compile_untuned(mod, target_spec: TargetSpec):

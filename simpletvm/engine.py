@@ -23,7 +23,13 @@ from .intrin import load_intrinsics
 from .intrin import preload as _preload
 from .options import TuningOptions
 from .plan import TuningPlan, default_trials, make_plan
-from .remote import DeviceUnavailable, RemoteDevice, make_rpc_runner
+from .remote import (
+    DeviceUnavailable,
+    RemoteDevice,
+    collect_results,
+    discard_pool,
+    make_rpc_runner,
+)
 from .stages import CPU, DEVICE, StageKind, StageOutcome, StageRequest
 from .targets import TargetSpec, host_cores, resolve_target
 from .taskalloc import GradientAllocator, TaskState
@@ -220,7 +226,6 @@ class TuningJob:
 
     # ---- stages
     def _prepare(self) -> None:
-        from tvm import relax
         from tvm.s_tir import meta_schedule as ms
 
         from .compile import prepare_module
@@ -230,9 +235,9 @@ class TuningJob:
         target = self.target.tvm_target()
         relax_mod = model_mod.to_relax(self.onnx_model, self.inputs)
         self.relax_mod = prepare_module(relax_mod, self.target)
-        fused = model_mod.fuse_for_tuning(self.relax_mod, target)
-        if self.layout_rewrite:  # weights (constants) may take the layout a schedule picks
-            fused = relax.transform.AttachAttrLayoutFreeBuffers()(fused)
+        # weights (constants) may take the layout a schedule picks, on a CPU
+        fused = model_mod.fuse_for_tuning(self.relax_mod, target,
+                                          layout_rewrite=self.layout_rewrite)
         extracted = ms.relax_integration.extract_tasks(fused, target)
         self.database = (SQLiteDatabase(self.db_path, target_key=self.target.key,
                                         job_tag=self.job_tag)
@@ -415,8 +420,8 @@ class TuningJob:
         runner = self._rpc_runner(remote) if remote else self.runner
         futures = runner.run(inputs) if inputs else []
         results = [RunnerResult(None, r.error_msg) for r in self._round.builder_results]
-        collected = (self._collect_remote(futures, remote) if remote
-                     else [f.result() for f in futures])
+        collected = (collect_results(futures, remote, on_wedged=self._drop_rpc_runner)
+                     if remote else [f.result() for f in futures])
         for (i, _), result in zip(ok, collected):
             results[i] = result
         if remote and inputs and all(results[i].run_secs is None for i, _ in ok):
@@ -427,34 +432,14 @@ class TuningJob:
         self._round.runner_results = results
         self._next = StageKind.UPDATE
 
-    def _collect_remote(self, futures, remote: RemoteDevice) -> list:
-        """Results of an RPC batch, bounded in time: TVM's RPCRunnerFuture waits for ever.
-
-        A server that accepts the connection and then never answers (a wedged board)
-        would hang the stage; past the session timeout we give up on the rest of the
-        batch and discard the runner, whose worker is stuck in the socket.
-        """
-        from tvm.s_tir.meta_schedule.runner import RunnerResult
-
-        out = []
-        for index, future in enumerate(futures):
-            deadline = time.monotonic() + remote.session_timeout + 5
-            while not future.done() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if not future.done():
-                message = (f"RPCRunner: no answer from {remote.label} within "
-                           f"{remote.session_timeout + 5:g} s")
-                out += [RunnerResult(None, message)] * (len(futures) - index)
-                runner = self._rpc_runners.pop(remote, None)
-                if runner is not None:
-                    _discard_pool(runner.pool)
-                break
-            out.append(future.result())
-        return out
-
     def _remote_device(self) -> RemoteDevice | None:
         rpc_grant = self._grant.get("rpc") if self._grant else None
         return RemoteDevice.from_grant(rpc_grant) if rpc_grant else None
+
+    def _drop_rpc_runner(self, device: RemoteDevice) -> None:
+        runner = self._rpc_runners.pop(device, None)
+        if runner is not None:
+            discard_pool(runner.pool)
 
     def _rpc_runner(self, device: RemoteDevice):
         from tvm.s_tir.meta_schedule.runner import EvaluatorConfig
@@ -515,30 +500,14 @@ class TuningJob:
             self.database.record_default_seconds(mod, task.default_secs)
 
     def apply_database(self):
-        """The records the build applies: each task's best, where it beats the default.
+        """The records the build applies: each task's best, where it beats the default
+        schedule (``compile.records_to_apply``); remembers the tasks left at default."""
+        from .compile import records_to_apply
 
-        A record slower than the task's default schedule (a parallel schedule of a tiny
-        kernel pays more in thread start-up than it saves) is left out, so that no task of
-        the built model is slower than it would be untuned.
-        """
-        from tvm.s_tir.meta_schedule.database import MemoryDatabase, TuningRecord
-
-        chosen = MemoryDatabase()
-        self.kept_default = []
-        for state, (_, mod) in zip(self._tasks, self._contexts):
-            if not self.database.has_workload(mod):
-                continue
-            top = self.database.get_top_k(self.database.commit_workload(mod), 1)
-            if not top:
-                continue
-            record = top[0]
-            seconds = sum(float(s) for s in record.run_secs) / len(record.run_secs)
-            if state.default_secs is not None and seconds >= state.default_secs:
-                self.kept_default.append(state.name)
-                continue
-            chosen.commit_tuning_record(TuningRecord(
-                record.trace, chosen.commit_workload(mod), record.run_secs,
-                record.target, record.args_info))
+        defaults = [t.default_secs for t in self._tasks]
+        chosen, kept = records_to_apply(self.database, [m for _, m in self._contexts],
+                                        defaults)
+        self.kept_default = [self._tasks[i].name for i in kept]
         return chosen
 
     def _evaluate(self) -> None:
@@ -641,25 +610,3 @@ class TuningJob:
     def close(self) -> None:
         """Stop the build and measurement workers of a job abandoned before compile."""
         self._shutdown_workers()
-
-
-def _discard_pool(pool) -> None:
-    """Kill a PopenPool whose worker hangs in a socket, without blocking on it.
-
-    TVM's ``PopenPoolExecutor.shutdown`` takes the pool's lock and then closes each
-    worker's pipes, which blocks while another thread reads from them; if it blocks or
-    raises, the lock stays taken, the next queued item waits on it for ever, and the
-    interpreter never exits (it joins every executor thread at exit). So we never take
-    that lock: queued items are cancelled first, then the worker processes are killed,
-    which gives a reader blocked in ``recv`` its EOF and lets its thread finish.
-    """
-    threadpool = getattr(pool, "_threadpool", None)
-    if threadpool is not None:
-        threadpool.shutdown(wait=False, cancel_futures=True)
-    for worker in list(getattr(pool, "_worker_map", {}).values()):
-        proc = getattr(worker, "_proc", None)
-        if proc is not None:
-            try:
-                proc.kill()
-            except OSError:
-                pass

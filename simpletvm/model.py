@@ -193,25 +193,18 @@ def to_relax(model: onnx.ModelProto, inputs: list[InputSpec]):
                         {i.name: i.dtype for i in inputs})
 
 
-def fuse_for_tuning(mod, target):
-    """The same preparation as ``compile_relax``, so database keys match at build time."""
+def fuse_for_tuning(mod, target, *, layout_rewrite: bool = False):
+    """The same preparation as the build (``compile.compile_tuned``), so that database
+    keys match at build time; ``layout_rewrite`` marks constant weights layout-free."""
     import tvm
     from tvm import relax
-    from tvm.relax import pipeline as relax_pipeline
 
-    try:
-        dispatch = relax_pipeline.library_dispatch_passes(target)
-    except (ValueError, AttributeError):
-        dispatch = []
+    from .compile import fuse_passes
+
     seq = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
-        *dispatch,
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
+        *fuse_passes(target, layout_rewrite),
     ])
     with target, tvm.transform.PassContext(opt_level=3):
         return seq(mod)

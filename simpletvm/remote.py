@@ -120,3 +120,51 @@ def make_rpc_runner(device: RemoteDevice, evaluator_config):
 
     return RPCRunner(rpc_config=device.rpc_config(), evaluator_config=evaluator_config,
                      f_create_session=_create_session)
+
+
+def collect_results(futures, remote: RemoteDevice, *, on_wedged) -> list:
+    """Results of an RPC batch, bounded in time: TVM's RPCRunnerFuture waits for ever.
+
+    A server that accepts the connection and then never answers (a wedged board) would
+    hang the stage; past the session timeout we give up on the rest of the batch and
+    call ``on_wedged(remote)``, which discards the runner whose worker is stuck.
+    """
+    import time
+
+    from tvm.s_tir.meta_schedule.runner import RunnerResult
+
+    out = []
+    for index, future in enumerate(futures):
+        deadline = time.monotonic() + remote.session_timeout + 5
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not future.done():
+            message = (f"RPCRunner: no answer from {remote.label} within "
+                       f"{remote.session_timeout + 5:g} s")
+            out += [RunnerResult(None, message)] * (len(futures) - index)
+            on_wedged(remote)
+            break
+        out.append(future.result())
+    return out
+
+
+def discard_pool(pool) -> None:
+    """Kill a PopenPool whose worker hangs in a socket, without blocking on it.
+
+    TVM's ``PopenPoolExecutor.shutdown`` takes the pool's lock and then closes each
+    worker's pipes, which blocks while another thread reads from them; if it blocks or
+    raises, the lock stays taken, the next queued item waits on it for ever, and the
+    interpreter never exits (it joins every executor thread at exit). So we never take
+    that lock: queued items are cancelled first, then the worker processes are killed,
+    which gives a reader blocked in ``recv`` its EOF and lets its thread finish.
+    """
+    threadpool = getattr(pool, "_threadpool", None)
+    if threadpool is not None:
+        threadpool.shutdown(wait=False, cancel_futures=True)
+    for worker in list(getattr(pool, "_worker_map", {}).values()):
+        proc = getattr(worker, "_proc", None)
+        if proc is not None:
+            try:
+                proc.kill()
+            except OSError:
+                pass

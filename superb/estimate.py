@@ -1,7 +1,7 @@
 """Rough time estimates for --dry-run, so a user can tell minutes from days before starting.
 
 Mock points are computed from their specs. Real points start from rough per-round
-assumptions (the order of the stage times DESIGN.md measured with TVM's own loop on a
+assumptions (the order of the stage times docs/tvm-facts.md records with TVM's own loop on a
 2-core machine; our engine is faster) and are scaled by what finished points in the
 results store took when there are any: history beats constants.
 """

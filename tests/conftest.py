@@ -27,7 +27,7 @@ def cnn_model(models_dir):
 
 @pytest.fixture
 def fast_options():
-    """Shrunk EvolutionarySearch (DESIGN.md: 0.6 s per round instead of 20 s)."""
+    """Shrunk EvolutionarySearch (docs/tvm-facts.md: 0.6 s per round instead of 20 s)."""
     from simpletvm.engine import TuningOptions
 
     def make(**overrides):
