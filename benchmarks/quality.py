@@ -51,26 +51,28 @@ def _revision() -> str:
     return rev + ("+uncommitted" if dirty else "")
 
 
-def _done(out: Path) -> set[tuple[str, float, int]]:
+def _done(out: Path) -> set[tuple[str, str, float, int]]:
     if not out.exists():
         return set()
     keys = set()
     for line in out.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            keys.add((row["model"], row["budget_min"], row["repeat"]))
+            keys.add((row.get("label", ""), row["model"], row["budget_min"], row["repeat"]))
     return keys
 
 
 def run_point(model: str, budget_min: float, repeat: int, work: Path,
-              extra: list[str]) -> dict:
+              extra: list[str], trials: int | None = None) -> dict:
     path = work / f"{model}.onnx"
     if not path.exists():
         subprocess.run(["simpletvm", "sample", model, "-o", str(path)], check=True,
                        capture_output=True)
     db = work / f"{model}-{budget_min:g}m-{repeat}.db"
-    cmd = ["simpletvm", "tune", str(path), "--target", "llvm", "--time-budget",
-           f"{budget_min:g}m", "--db", str(db), "--seed", str(repeat), "--json", *extra]
+    budget = ["--trials", str(trials)] if trials is not None else [
+        "--time-budget", f"{budget_min:g}m"]
+    cmd = ["simpletvm", "tune", str(path), "--target", "llvm", *budget, "--db", str(db),
+           "--seed", str(repeat), "--json", *extra]
     start = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     row = {"model": model, "budget_min": budget_min, "repeat": repeat,
@@ -93,14 +95,16 @@ def cmd_run(args) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="quality-"))
     work.mkdir(parents=True, exist_ok=True)
     extra = args.extra.split() if args.extra else []
+    budgets = [0.0] if args.trials is not None else [float(b) for b in args.budgets.split(",")]
     for repeat in range(args.repeats):
-        for budget in [float(b) for b in args.budgets.split(",")]:
+        for budget in budgets:
             for model in args.models.split(","):
-                if (model, budget, repeat) in done:
+                if (args.label, model, budget, repeat) in done:
                     continue
-                print(f"{time.strftime('%H:%M:%S')} {model} {budget:g} min repeat {repeat}",
-                      flush=True)
-                row = run_point(model, budget, repeat, work, extra)
+                print(f"{time.strftime('%H:%M:%S')} {args.label} {model} {budget:g} min "
+                      f"repeat {repeat}", flush=True)
+                row = run_point(model, budget, repeat, work, extra, args.trials)
+                row["label"] = args.label
                 with out.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 r = row.get("result") or {}
@@ -111,7 +115,7 @@ def cmd_run(args) -> int:
 
 
 def _model_gflop(result: dict) -> float:
-    plan = result.get("plan") or {}
+    plan = result.get("plan") or {}  # runs of revisions without a plan have no FLOPs
     return sum(t["weight"] * t["flops"] for t in plan.get("tasks", [])) / 1e9
 
 
@@ -122,23 +126,25 @@ def cmd_report(args) -> int:
     print(f"Attainable peak (float32 GEMM 2048, all cores, best of 5): {peak:.1f} GFLOPS\n")
     print("| model | budget min | repeat | tasks | trials | untuned ms | tuned ms | "
           "onnxruntime ms | tuned / ort | roofline ms | exported | output check | "
-          "revision | date |")
-    print("|" + "---|" * 14)
-    for row in sorted(rows, key=lambda r: (r["model"], r["budget_min"], r["repeat"])):
+          "tuning s | revision | date |")
+    print("|" + "---|" * 15)
+    for row in sorted(rows, key=lambda r: (r.get("label", ""), r["model"], r["budget_min"],
+                                           r["repeat"])):
         r = row.get("result")
+        name = f"{row['model']} {row.get('label', '')}".strip()
         if r is None:
-            print(f"| {row['model']} | {row['budget_min']:g} | {row['repeat']} | "
-                  f"failed: {row.get('error', '?')} |" + " |" * 10)
+            print(f"| {name} | {row['budget_min']:g} | {row['repeat']} | "
+                  f"failed: {row.get('error', '?')} |" + " |" * 11)
             continue
         roof = _model_gflop(r) / peak * 1e3
         check = r.get("output_check") or {}
         ratio = r["tuned_ms"] / r["onnxruntime_ms"] if r.get("onnxruntime_ms") else None
-        print(f"| {row['model']} | {row['budget_min']:g} | {row['repeat']} | {r['tasks']} | "
+        print(f"| {name} | {row['budget_min']:g} | {row['repeat']} | {r['tasks']} | "
               f"{r['trials']} | {_ms(r.get('untuned_ms'))} | {_ms(r['tuned_ms'])} | "
               f"{_ms(r.get('onnxruntime_ms'))} | {f'{ratio:.2f}' if ratio else '-'} | "
               f"{roof:.3f} | {r.get('exported')} | "
               f"{'ok' if check.get('ok') else 'not run'} {check.get('max_abs_err', '')} | "
-              f"{row['revision']} | {row['date']} |")
+              f"{r['tuning_seconds']:.0f} | {row['revision']} | {row['date']} |")
     _spread(rows)
     if args.figure:
         _plot(rows, Path(args.figure))
@@ -153,7 +159,8 @@ def _spread(rows: list[dict]) -> None:
     groups: dict[tuple[str, float], list[float]] = {}
     for row in rows:
         if row.get("result"):
-            groups.setdefault((row["model"], row["budget_min"]), []).append(
+            name = f"{row['model']} {row.get('label', '')}".strip()
+            groups.setdefault((name, row["budget_min"]), []).append(
                 row["result"]["tuned_ms"])
     print("\n| model | budget min | runs | tuned ms min | max | spread (max-min)/min |")
     print("|---|---|---|---|---|---|")
@@ -205,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", default="docs/quality/results.jsonl")
     run.add_argument("--work", default=None, help="where models and databases go")
     run.add_argument("--extra", default="", help="more `simpletvm tune` flags")
+    run.add_argument("--trials", type=int, default=None,
+                     help="a trial budget instead of the time budgets (budget_min 0)")
+    run.add_argument("--label", default="", help="names a series (e.g. another revision)")
     report = sub.add_parser("report", help="markdown tables and the convergence figure")
     report.add_argument("--out", default="docs/quality/results.jsonl")
     report.add_argument("--figure", default=None)

@@ -9,7 +9,7 @@ import typer
 
 from . import render
 from .errors import UserInputError
-from .options import DEFAULT_PER_ROUND
+from .options import DEFAULT_PER_ROUND, TuningOptions
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -55,7 +55,8 @@ def tune(
     min_repeat_ms: Annotated[int, typer.Option(help="Minimum ms per repeat.")] = 100,
     cost_model: Annotated[str, typer.Option(help="xgb or random.")] = "xgb",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    population: Annotated[int, typer.Option(help="Evolutionary search population.")] = 512,
+    population: Annotated[int, typer.Option(help="Evolutionary search population.")] = (
+        TuningOptions().population_size),
     layout_rewrite: Annotated[bool, typer.Option(help=(
         "CPU: let schedules choose the weights' layout (folded at build)."))] = True,
     output_check: Annotated[bool, typer.Option(help=(
@@ -69,7 +70,6 @@ def tune(
     """
 
     def body() -> None:
-        from .options import TuningOptions
         from .paths import default_db
         from .spec import JobSpec
 
@@ -210,7 +210,6 @@ def compare(
 
     def body() -> None:
         from .engine import TuningJob
-        from .options import TuningOptions
 
         if not db.exists():
             raise UserInputError(f"tuning database '{db}' does not exist; "

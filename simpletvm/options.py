@@ -12,7 +12,11 @@ from dataclasses import dataclass, fields
 
 from .errors import UserInputError
 
-DEFAULT_PER_ROUND = 16
+# 32 candidates per round, population 256, 2 genetic iterations: on a 2-core machine
+# MetaSchedule's defaults (16 per round here, population 512, 4 iterations) spent most
+# of a time budget searching; these measured 3x the trials and a faster model in the
+# same time (docs/quality.md, benchmarks/search_settings.py)
+DEFAULT_PER_ROUND = 32
 # A budget given neither in trials nor in time is sized from the model's task count:
 # the coverage round of every task, then this many search rounds per significant task.
 DEFAULT_ROUNDS_PER_TASK = 2
@@ -60,10 +64,10 @@ class TuningOptions:
     evaluate_every: int = 2
     # tune only these task indices (a sub-job of a model split at the task level)
     only_tasks: tuple[int, ...] | None = None
-    # EvolutionarySearch: MetaSchedule's defaults; tests shrink them
-    population_size: int = 512
+    # EvolutionarySearch (see DEFAULT_PER_ROUND); tests shrink them further
+    population_size: int = 256
     init_min_unmeasured: int = 50
-    genetic_num_iters: int = 4
+    genetic_num_iters: int = 2
 
     def validate(self) -> TuningOptions:
         """Raise UserInputError naming the first option that breaks the engine's rules."""
