@@ -239,6 +239,9 @@ def sample(
     def body() -> None:
         from .samples import SAMPLES, UnknownSampleError, write_sample
 
+        if not 0 <= seed < 2**63:
+            raise UserInputError(f"--seed must be between 0 and 2^63 - 1, got {seed}")
+
         if list_ or name is None:
             # "input"/"shape" describe the first input, as before multi-input samples existed
             rows = [{"name": s.name, "kind": s.kind, "input": s.input_name,

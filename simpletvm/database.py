@@ -22,6 +22,7 @@ from tvm.ir import IRModule
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
 
+from . import sqlite
 from .errors import UserInputError
 
 FAILED_RUN_SECS = 1e10  # what MetaSchedule stores for a candidate that failed
@@ -58,12 +59,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
     """Open (creating 0600 if new) the tuning database with WAL and a busy timeout."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
-        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn = sqlite.connect(path, timeout=30.0)
         _set_up(conn)
     except (OSError, sqlite3.Error) as exc:
         raise UserInputError(f"cannot open tuning database '{path}': {exc}; "
@@ -71,23 +67,10 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
-def _set_up(conn: sqlite3.Connection, *, attempts: int = 200) -> None:
-    """WAL mode and the schema. Two processes creating the same new file race for the
-    journal-mode switch, which SQLite reports as "locked" without waiting on the busy
-    timeout, so that one step is retried."""
-    for attempt in range(attempts):
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            break
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.05)
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("BEGIN IMMEDIATE")
-    for stmt in _SCHEMA:
-        conn.execute(stmt)
-    conn.execute("COMMIT")
+def _set_up(conn: sqlite3.Connection) -> None:
+    """WAL mode and the schema (``simpletvm.sqlite``)."""
+    sqlite.use_wal(conn)
+    sqlite.migrate(conn, [("0001_tuning_schema", _SCHEMA)])
 
 
 def record_json(record: TuningRecord):

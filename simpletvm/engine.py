@@ -365,7 +365,7 @@ class TuningJob:
             self._advance_after_update()
             return
         rnd.candidates = list(candidates)[:max(self._budget_left(), 0)]
-        if rnd.task.default_secs is None:
+        if self._wants_default(rnd.task):
             rnd.default = default_candidate(self._contexts[rnd.task.index][1])
         self._next = StageKind.BUILD
 
@@ -376,7 +376,7 @@ class TuningJob:
         if keep > 0:
             ctx = self._coverage_context(task)
             rnd.candidates = ranked_samples(ctx, self.cost_model, keep)
-        if task.default_secs is None:
+        if self._wants_default(task):
             rnd.default = default_candidate(mod)
         if not rnd.batch:
             task.covered = True
@@ -384,6 +384,11 @@ class TuningJob:
             self._advance_after_update()
             return
         self._next = StageKind.BUILD
+
+    def _wants_default(self, task: TaskState) -> bool:
+        """Measure the task's default schedule once, on a CPU. On a GPU the untuned
+        build is DLight's, not the unscheduled function (which does not build there)."""
+        return task.default_secs is None and not self.target.is_gpu
 
     def _coverage_context(self, task: TaskState):
         if task.index not in self._coverage_contexts:
@@ -493,8 +498,11 @@ class TuningJob:
         self._advance_after_update()
 
     def _record_default(self, task: TaskState, mod, result) -> None:
+        from .database import FAILED_RUN_SECS
+
         if result.run_secs is None:
-            return  # the default failed to run: any working record beats it
+            task.default_secs = FAILED_RUN_SECS  # it failed to run: any record beats it
+            return
         task.default_secs = sum(float(s) for s in result.run_secs) / len(result.run_secs)
         if self.db_path:
             self.database.record_default_seconds(mod, task.default_secs)

@@ -147,8 +147,13 @@ CUDA_LIMITS = {"max_num_threads": 1024, "max_threads_per_block": 1024,
                "thread_warp_size": 32}
 
 
-def resolve_target(spec: str | dict[str, Any], *, num_cores: int | None = None) -> TargetSpec:
-    """Turn a name, tag or JSON dict into a TargetSpec, or raise TargetError."""
+def parse_target(spec: str | dict[str, Any]) -> TargetSpec:
+    """The target as written (a name, a TVM tag or a JSON dict), checked for form only.
+
+    Nothing is asked of a device and nothing is filled in from the host, so a CUDA target
+    parses on a machine without a GPU (its ``kind`` and ``device_type`` are known): the
+    scheduler maps a job to a kind of device with it. ``resolve_target`` builds on it.
+    """
     import tvm
 
     if isinstance(spec, dict):
@@ -177,6 +182,14 @@ def resolve_target(spec: str | dict[str, Any], *, num_cores: int | None = None) 
             config = dict(_target_to_config(tvm.target.Target(text)))
         else:
             config = {"kind": text}
+    return TargetSpec(config)
+
+
+def resolve_target(spec: str | dict[str, Any], *, num_cores: int | None = None) -> TargetSpec:
+    """Turn a name, tag or JSON dict into a TargetSpec, or raise TargetError."""
+    import tvm
+
+    config = dict(parse_target(spec).config)
     kind = str(config.get("kind"))
     if kind == "cuda" and not gpu_available("cuda"):
         raise TargetError("target 'cuda' needs an NVIDIA GPU, and none is visible here; "
