@@ -11,6 +11,7 @@ resume its budget from what the database holds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
@@ -103,8 +104,16 @@ def _plain(obj):
 
 
 def _mean(run_secs) -> float:
+    """The mean run time; a run with no time or a NaN is a failed run."""
     values = [float(v) for v in run_secs] if run_secs else []
-    return sum(values) / len(values) if values else FAILED_RUN_SECS
+    if not values or any(math.isnan(v) for v in values):
+        return FAILED_RUN_SECS
+    return sum(values) / len(values)
+
+
+# A record whose trace has no instruction schedules nothing: TVM's own databases skip it
+# (Relax would mark the function scheduled while no schedule was applied).
+_HAS_TRACE = "json_array_length(record_json, '$[0][0]') > 0"
 
 
 @derived_object
@@ -230,11 +239,11 @@ class SQLiteDatabase(PyDatabase):
         if found is None or top_k <= 0:
             return []
         if self.target_key is None:
-            return self._records("WHERE workload_id = ? AND mean_secs < ? "
-                                 "ORDER BY mean_secs LIMIT ?",
+            return self._records(f"WHERE workload_id = ? AND mean_secs < ? AND {_HAS_TRACE} "
+                                 "ORDER BY mean_secs, id LIMIT ?",
                                  (found[1], FAILED_RUN_SECS, int(top_k)))
         return self._records("WHERE workload_id = ? AND target = ? AND mean_secs < ? "
-                             "ORDER BY mean_secs LIMIT ?",
+                             f"AND {_HAS_TRACE} ORDER BY mean_secs, id LIMIT ?",
                              (found[1], self.target_key, FAILED_RUN_SECS, int(top_k)))
 
     def get_all_tuning_records(self) -> list[TuningRecord]:

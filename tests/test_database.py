@@ -76,3 +76,22 @@ def test_two_processes_write_at_once(tmp_path):
     assert conn.execute("SELECT COUNT(*) FROM workloads").fetchone()[0] == 1
     tags = dict(conn.execute("SELECT job_tag, COUNT(*) FROM records GROUP BY job_tag"))
     assert tags == {"p0": 40, "p1": 40}
+
+
+def test_empty_traces_and_nan_times_are_never_the_best(tmp_path):
+    from tvm.s_tir import Schedule
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    spec, mod, sch = _tiny_workload_and_record()
+    db = SQLiteDatabase(tmp_path / "db.sqlite", target_key=spec.key)
+    workload = db.commit_workload(mod)
+    target = spec.tvm_target()
+    db.commit_tuning_record(TuningRecord(sch.trace, workload, [2e-3], target, None))
+    # faster, but schedules nothing: TVM's own databases skip it
+    db.commit_tuning_record(TuningRecord(Schedule(mod).trace, workload, [1e-6], target, None))
+    # a NaN time is a failed run, not a NULL that aborts the commit
+    db.commit_tuning_record(TuningRecord(sch.trace, workload, [float("nan")], target, None))
+    top = db.get_top_k(workload, 5)
+    assert [float(r.run_secs[0]) for r in top] == [2e-3]
+    assert db.best_seconds(mod) == pytest.approx(2e-3)
+
