@@ -136,8 +136,11 @@ def check_writable(path: str | Path, what: str) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UserInputError(f"{what} '{path}' is a directory; give a file path")
+    if not parent.exists() and not parent.parent.exists():
+        raise UserInputError(f"the directory for {what} '{path}' does not exist, nor does "
+                             f"'{parent.parent}'; create it first or choose another path")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(exist_ok=True)  # only the last level: a typo never builds a tree
     except OSError as exc:
         raise UserInputError(f"cannot create the directory for {what} '{path}': "
                              f"{exc.strerror}; choose a writable path") from None

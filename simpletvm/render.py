@@ -167,7 +167,8 @@ def _run_body(fn: Callable[[], None]) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         path = log_path()
-        with open(path, "a") as fh:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(path, flags, 0o600), "a") as fh:  # private, never a link
             traceback.print_exc(file=fh)
         err_console.print(f"[red]Internal error:[/red] {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''} "
