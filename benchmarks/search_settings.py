@@ -18,18 +18,19 @@ from pathlib import Path
 
 
 def run(model: str, population: int, iters: int, per_round: int, budget: float,
-        work: Path, seed: int) -> dict:
+        work: Path, seed: int, conv_layout: str = "NCHW") -> dict:
     from simpletvm.options import TuningOptions
     from simpletvm.spec import JobSpec
 
     options = TuningOptions(time_budget_seconds=budget, population_size=population,
                             init_min_unmeasured=min(50, population), genetic_num_iters=iters,
-                            per_round=per_round, seed=seed)
-    db = work / f"{population}-{iters}-{per_round}-{seed}.db"
+                            per_round=per_round, seed=seed, conv_layout=conv_layout)
+    db = work / f"{population}-{iters}-{per_round}-{seed}-{conv_layout}.db"
     result = JobSpec(model=model, options=options, tuning_db=str(db)).tuning_job().run_all()
     r = result.result()
     stages = r["stage_seconds"]
     return {"population": population, "genetic_iters": iters, "per_round": per_round,
+            "conv_layout": conv_layout,
             "seed": seed, "budget_s": budget, "tuned_ms": r["tuned_ms"],
             "onnxruntime_ms": r["onnxruntime_ms"], "trials": r["trials"],
             **{f"{k}_s": round(v, 1) for k, v in stages.items()}}
@@ -42,6 +43,8 @@ def main() -> int:
     parser.add_argument("--settings", nargs="+", default=["512/4/16", "256/2/32"],
                         help="population/genetic iterations/candidates per round")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--conv-layouts", nargs="+", default=["NCHW"],
+                        help="each setting runs once per layout (NCHW, NHWC)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="search-settings-"))
     model = args.model
@@ -51,8 +54,9 @@ def main() -> int:
         model = str(write_sample("cnn", work / "cnn.onnx"))
     for setting in args.settings:
         population, iters, per_round = (int(x) for x in setting.split("/"))
-        print(json.dumps(run(model, population, iters, per_round, args.budget, work,
-                             args.seed)), flush=True)
+        for layout in args.conv_layouts:
+            print(json.dumps(run(model, population, iters, per_round, args.budget, work,
+                                 args.seed, layout)), flush=True)
     return 0
 
 

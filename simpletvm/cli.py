@@ -59,6 +59,9 @@ def tune(
         TuningOptions().population_size),
     layout_rewrite: Annotated[bool, typer.Option(help=(
         "CPU: let schedules choose the weights' layout (folded at build)."))] = True,
+    conv_layout: Annotated[str, typer.Option(help=(
+        "NHWC converts 2-D convolutions to NHWC before tuning; NCHW keeps the model's."))] = (
+        "NCHW"),
     output_check: Annotated[bool, typer.Option(help=(
         "Compare the exported module's outputs with onnxruntime's."))] = True,
     json_out: JsonOpt = False,
@@ -80,7 +83,8 @@ def tune(
                              reuse=reuse, search_threads=search_threads,
                              population_size=population,
                              init_min_unmeasured=min(50, population),
-                             layout_rewrite=layout_rewrite, check_outputs=output_check)
+                             layout_rewrite=layout_rewrite, check_outputs=output_check,
+                             conv_layout=conv_layout.upper())
         spec = JobSpec(model=str(model), target=target, options=opts,
                        input_shapes=_shapes(input_shape),
                        output=str(output) if output else None,

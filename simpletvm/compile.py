@@ -11,15 +11,18 @@ from .model import InputSpec
 from .targets import TargetSpec
 
 
-def prepare_module(mod, target_spec: TargetSpec):
-    """Inference decompositions applied before both task extraction and compilation."""
+def prepare_module(mod, target_spec: TargetSpec, *, conv_layout: str = "NCHW"):
+    """Inference decompositions applied before both task extraction and compilation;
+    ``conv_layout="NHWC"`` converts 2-D convolutions (and their weights) to NHWC/OHWI,
+    with a transpose where the model's layout meets theirs."""
     import tvm
     from tvm import relax
 
-    seq = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
-                                    relax.transform.CanonicalizeBindings()])
-    with target_spec.tvm_target():
-        return seq(mod)
+    passes = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
+    if conv_layout == "NHWC":
+        passes.append(relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}))
+    with target_spec.tvm_target(), tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(passes)(mod)
 
 
 def compile_tuned(mod, target_spec: TargetSpec, database, *, layout_rewrite: bool = False):

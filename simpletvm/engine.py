@@ -234,7 +234,8 @@ class TuningJob:
         load_intrinsics(self.target.kind)
         target = self.target.tvm_target()
         relax_mod = model_mod.to_relax(self.onnx_model, self.inputs)
-        self.relax_mod = prepare_module(relax_mod, self.target)
+        self.relax_mod = prepare_module(relax_mod, self.target,
+                                        conv_layout=self.options.conv_layout)
         # weights (constants) may take the layout a schedule picks, on a CPU
         fused = model_mod.fuse_for_tuning(self.relax_mod, target,
                                           layout_rewrite=self.layout_rewrite)

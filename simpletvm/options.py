@@ -53,6 +53,8 @@ class TuningOptions:
     coverage_measured: int = 4
     # CPU: let MetaSchedule choose the weights' layout (folded into constants at build)
     layout_rewrite: bool = True
+    # "NHWC": convert 2-D convolutions to NHWC before tuning (NCHW: the model's own)
+    conv_layout: str = "NCHW"
     # finalize compares the exported module's outputs with onnxruntime's
     check_outputs: bool = True
     output_rtol: float = 1e-3
@@ -87,6 +89,8 @@ class TuningOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserInputError(f"{_flag(name)} must be positive, got {value}")
+        if self.conv_layout not in ("NCHW", "NHWC"):
+            raise UserInputError(f"unknown conv layout '{self.conv_layout}'; use NCHW or NHWC")
         if self.cost_model not in ("xgb", "random"):
             raise UserInputError(f"unknown cost model '{self.cost_model}'; use xgb or random")
         return self
@@ -112,7 +116,7 @@ def _flag(name: str) -> str:
 
 
 def _check_number(name: str, value) -> None:
-    if value is None or name in ("cost_model", "only_tasks"):
+    if value is None or name in ("cost_model", "only_tasks", "conv_layout"):
         return
     if name in _BOOLS:
         if not isinstance(value, bool):

@@ -26,6 +26,7 @@ from simpletvm.taskalloc import TaskState
     ("builder_workers", True, "builder-workers must be a number"),
     ("layout_rewrite", 1, "layout-rewrite must be true or false"),
     ("cost_model", "gbm", "unknown cost model"),
+    ("conv_layout", "NCWH", "unknown conv layout"),
 ])
 def test_invalid_options_are_refused_with_their_name(field, value, words):
     with pytest.raises(UserInputError, match=words):
@@ -58,6 +59,8 @@ def _full_spec() -> JobSpec:
             values[f.name] = (0, 3)
         elif f.name == "cost_model":
             values[f.name] = "random"
+        elif f.name == "conv_layout":
+            values[f.name] = "NHWC"
         elif isinstance(default, bool):
             values[f.name] = not default
         elif f.name in ("trials", "max_trials_per_task", "builder_workers", "search_threads"):
