@@ -3,10 +3,10 @@
 The jobs go through the real registry, dispatcher and strategies; only time is
 simulated (``now=`` is injected), so minutes of work take seconds.  For each strategy
 it prints the makespan, the makespan over the lower bound, and each resource's
-utilisation.  Bound = max(total device work / devices, total cpu work / cpu slots,
-longest job).  In the cpu-device scenario a measurement also holds every cpu slot, so
-there the bound is max(device work + cpu work / slots, longest job).  There it also
-runs interleaved and predictive without preemption (``inter/no-pre``, ``predi/no-pre``):
+utilisation; both as ``tvmsched.analysis`` defines them (docs/sched.md): the bound is
+max(longest job, cpu slot-seconds / slots, device seconds / devices), where a stage on
+the cpu-device holds every cpu slot.  In the cpu-device scenario it also runs
+interleaved and predictive without preemption (``inter/no-pre``, ``predi/no-pre``):
 with it, a CPU-target measurement suspends the search and build stages in its way.
 
     .venv/bin/python benchmarks/sched_simulation.py [--jobs 100] [--seed 1]
@@ -62,22 +62,6 @@ def workload(jobs, seed, device):
     ]
 
 
-def cpu_device_bound(specs, slots):
-    device = cpu = longest = 0.0
-    for spec in specs:
-        total = 0.0
-        for kind, seconds in spec.stages():
-            total += seconds
-            if kind.value in ("measure", "finalize"):
-                device += seconds
-            elif kind.value == "build":
-                cpu += seconds * spec.workers
-            else:
-                cpu += seconds
-        longest = max(longest, total)
-    return max(device + cpu / slots, longest)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100)
@@ -107,8 +91,6 @@ def main():
                 )
                 label = name if preempt else f"{name[:5]}/no-pre"
                 bound = result.lower_bound
-                if device == "cpu":
-                    bound = cpu_device_bound(specs, resources[0].capacity)
                 busy = "  ".join(f"{k} {v['busy']:.0%}" for k, v in result.utilisation.items())
                 note = ""
                 if result.overlaps:  # uncontrolled: demand over capacity, devices shared

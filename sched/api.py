@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simpletvm.options import parse_duration
+from simpletvm.options import DEFAULT_PER_ROUND, parse_duration
+from simpletvm.spec import JobSpec
 
+from .analysis import capacities, resource_intervals
 from .analysis import makespan as _makespan
-from .analysis import resource_intervals
 from .analysis import utilisation as _utilisation
 from .devices import check_kind, check_name, device_rpc
-from .jobs import mock_spec, split_specs, tvm_spec
-from .models import JobKind, JobState
+from .jobs import job_spec, mock_spec, split_specs, tvm_spec
+from .models import JobKind, JobRecord, JobState, StageRow, Usage
 from .paths import ensure_private_dir, log_file, pid_file, resolve_db
 from .pidfile import running_pid
 from .registry import Registry
@@ -132,13 +133,16 @@ def stop_daemon(db_path: str | os.PathLike[str] | None, *, timeout: float = 30) 
 
 def submit(
     db_path: str | os.PathLike[str] | None,
+    job: JobSpec | None = None,
     *,
     mock: str | None = None,
     model: str | None = None,
     target: str = "llvm",
-    trials: int = 64,
-    per_round: int = 16,
+    trials: int | None = 64,
+    per_round: int = DEFAULT_PER_ROUND,
     seed: int = 0,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    baselines: bool = True,
     name: str | None = None,
     priority: int = 0,
     output: str | None = None,
@@ -151,37 +155,35 @@ def submit(
 ) -> int:
     """Queue a job (works while the daemon is down: the job waits); returns its id.
 
-    ``device_kind`` measures on remote devices of that kind (``sched device add``);
-    ``sla_ms`` makes an SLA job (``trials`` is then its budget), ``deadline`` is seconds
-    or a duration such as ``30m``; ``options`` sets extra TuningOptions (``TUNING_OPTIONS``).
-    ``split=N`` queues N sub-jobs (task index modulo N, ``trials / N`` each, one shared
-    tuning database) and returns the parent, which builds the artifact after them all.
+    A TVM job is a ``JobSpec`` (``job``), or the flags of ``sched submit`` it is built
+    from (``model`` and the rest). ``device_kind`` measures on remote devices of that
+    kind (``sched device add``); ``sla_ms`` makes an SLA job (``trials`` is then its
+    budget), ``deadline`` is seconds or a duration such as ``30m``; ``options`` sets extra
+    TuningOptions (``TUNING_OPTIONS``). ``split=N`` queues N sub-jobs (task index modulo N,
+    ``trials / N`` each, one shared tuning database) and returns the parent, which builds
+    the artifact after them all.
     """
-    if (mock is None) == (model is None):
+    if sum(x is not None for x in (mock, model, job)) != 1:
         raise ValueError("give exactly one of a MODEL path or --mock SPEC")
     if mock is not None:
         spec, device_kind = mock_spec(mock)
         kind = JobKind.MOCK
     else:
-        spec, device_kind = tvm_spec(
-            model,
-            target=target,
-            trials=trials,
-            per_round=per_round,
-            seed=seed,
-            output=output,
-            tuning_db=tuning_db,
-            device_kind=device_kind,
-            sla_ms=sla_ms,
-            deadline_seconds=parse_duration(str(deadline)) if deadline is not None else None,
-            options=options,
-        )
+        if job is None:
+            job = job_spec(
+                model, target=target, trials=trials, per_round=per_round, seed=seed,
+                input_shapes=input_shapes, baselines=baselines, output=output,
+                tuning_db=tuning_db, sla_ms=sla_ms,
+                deadline_seconds=parse_duration(str(deadline)) if deadline is not None else None,
+                options=options,
+            )  # fmt: skip
+        spec, device_kind = tvm_spec(job, device_kind=device_kind)
         kind = JobKind.TVM
     registry = Registry(resolve_db(db_path))
     try:
         if split is not None:
-            parent, parts = split_specs(spec, split, sla=sla_ms is not None, mock=mock)
-            name = name or Path(spec["model"]).stem
+            parent, parts = split_specs(spec, split, mock=mock)
+            name = name or Path(job.model).stem
             return registry.submit_split(
                 kind.value, parent, parts, name=name, priority=priority, device_kind=device_kind
             )[0]
@@ -198,7 +200,7 @@ def wait(
     *,
     timeout: float | None = None,
     poll: float = 0.2,
-) -> dict[int, str]:
+) -> dict[int, JobState]:
     """Block until every job is done, failed or cancelled; returns their final states."""
     ids = [job_ids] if isinstance(job_ids, int) else list(job_ids)
     registry = Registry(resolve_db(db_path))
@@ -210,7 +212,7 @@ def wait(
             if missing:
                 raise KeyError(f"no such job: {', '.join(map(str, sorted(missing)))}")
             if all(s.terminal for s in states.values()):
-                return {i: states[i].value for i in ids}
+                return {i: states[i] for i in ids}
             if deadline is not None and time.monotonic() > deadline:
                 waiting = sorted(i for i, s in states.items() if not s.terminal)
                 raise TimeoutError(f"jobs still unfinished after {timeout} s: {waiting}")
@@ -227,21 +229,17 @@ def _with_registry(db_path: str | os.PathLike[str] | None, fn: Any) -> Any:
         registry.close()
 
 
-def _plain_job(job: dict[str, Any]) -> dict[str, Any]:
-    return {**job, "state": JobState(job["state"]).value}
+def jobs(
+    db_path: str | os.PathLike[str] | None, *, include_finished: bool = True
+) -> list[JobRecord]:
+    return _with_registry(db_path, lambda r: r.list_jobs(include_finished=include_finished))
 
 
-def jobs(db_path: str | os.PathLike[str] | None, *, include_finished: bool = True) -> list[dict]:
-    return _with_registry(
-        db_path, lambda r: [_plain_job(j) for j in r.list_jobs(include_finished=include_finished)]
-    )
-
-
-def job(db_path: str | os.PathLike[str] | None, job_id: int) -> dict[str, Any]:
+def job(db_path: str | os.PathLike[str] | None, job_id: int) -> JobRecord:
     found = _with_registry(db_path, lambda r: r.job(job_id))
     if found is None:
         raise KeyError(f"no such job: {job_id}")
-    return _plain_job(found)
+    return found
 
 
 def cancel(db_path: str | os.PathLike[str] | None, job_id: int) -> str:
@@ -255,15 +253,19 @@ def set_strategy(db_path: str | os.PathLike[str] | None, name: str) -> str:
     return strategy.name
 
 
-def events(db_path: str | os.PathLike[str] | None, *, job_id: int | None = None) -> list[dict]:
+def events(
+    db_path: str | os.PathLike[str] | None, *, job_id: int | None = None
+) -> list[StageRow]:
     """Stage runs per resource: job_id, stage, resource, amount, start, end (epoch seconds)."""
     return _with_registry(db_path, lambda r: resource_intervals(r.stage_intervals(job_id=job_id)))
 
 
-def utilisation(db_path: str | os.PathLike[str] | None) -> dict[str, dict]:
-    """Per resource busy and idle fractions of its capacity over the makespan."""
+def utilisation(db_path: str | os.PathLike[str] | None) -> dict[str, Usage]:
+    """Per resource busy and idle fractions of its capacity over the makespan
+    (``analysis.utilisation``)."""
     return _with_registry(
-        db_path, lambda r: _utilisation(resource_intervals(r.stage_intervals()), r.resources())
+        db_path,
+        lambda r: _utilisation(resource_intervals(r.stage_intervals()), capacities(r.resources())),
     )
 
 

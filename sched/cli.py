@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.live import Live
 from typer.exceptions import TyperException
 
+from simpletvm.options import DEFAULT_PER_ROUND
+
 from . import api, render, report
 from .paths import resolve_db
 from .registry import Registry
@@ -155,37 +157,69 @@ def list_jobs(
         console.print(render.jobs_table(found))
 
 
+Mock = Annotated[
+    str | None,
+    typer.Option(
+        help="Submit a MockJob: rounds=R,search=S,build=B,measure=M,update=U "
+        "[,prepare=,finalize=,jitter=,cpu=burn|sleep,seed=,workers=,device=]"
+    ),
+]
+DeviceKind = Annotated[
+    str | None,
+    typer.Option(
+        help="Measure on remote devices of this kind (see sched device add); each measure "
+        "stage is granted one server of it."
+    ),
+]
+SlaMs = Annotated[
+    float | None,
+    typer.Option(
+        help="SLA job: stop as soon as the whole model runs in this many ms (zero trials if "
+        "the tuning database already meets it)."
+    ),
+]
+InputShape = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input-shape",
+        help="NAME=D1,D2,... for an input with dynamic dimensions (repeatable).",
+    ),
+]
+TuningOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Extra tuning option NAME=VALUE, repeatable (e.g. population_size=32, "
+        "cost_model=random, reuse=true)."
+    ),
+]
+Split = Annotated[
+    int | None,
+    typer.Option(
+        help="Split the model at the task level into N sub-jobs sharing one tuning "
+        "database; the parent builds the artifact once all have finished."
+    ),
+]
+
+
 @app.command()
 def submit(
     model: Annotated[str | None, typer.Argument(help="ONNX model to tune.")] = None,
-    mock: Annotated[
-        str | None,
-        typer.Option(
-            help="Submit a MockJob: rounds=R,search=S,build=B,measure=M,update=U "
-            "[,prepare=,finalize=,jitter=,cpu=burn|sleep,seed=,workers=,device=]"
-        ),
-    ] = None,
+    mock: Mock = None,
     target: Annotated[str, typer.Option(help="TVM target, e.g. llvm or cuda.")] = "llvm",
     trials: Annotated[int, typer.Option(help="Tuning trials (budget).")] = 64,
-    per_round: Annotated[int, typer.Option(help="Candidates measured per round.")] = 16,
+    per_round: Annotated[int, typer.Option(help="Candidates measured per round.")] = (
+        DEFAULT_PER_ROUND
+    ),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    input_shape: InputShape = None,
+    baselines: Annotated[
+        bool, typer.Option(help="Time the untuned build and onnxruntime when finishing.")
+    ] = True,
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
     name: Annotated[str | None, typer.Option(help="A name shown in listings.")] = None,
     output: Annotated[str | None, typer.Option(help="Where to export the tuned module.")] = None,
-    device_kind: Annotated[
-        str | None,
-        typer.Option(
-            help="Measure on remote devices of this kind (see sched device add); each measure "
-            "stage is granted one server of it."
-        ),
-    ] = None,
-    sla_ms: Annotated[
-        float | None,
-        typer.Option(
-            help="SLA job: stop as soon as the whole model runs in this many ms (zero trials if "
-            "the tuning database already meets it)."
-        ),
-    ] = None,
+    device_kind: DeviceKind = None,
+    sla_ms: SlaMs = None,
     max_trials: Annotated[
         int | None, typer.Option(help="An SLA job's trial budget (replaces --trials).")
     ] = None,
@@ -193,17 +227,8 @@ def submit(
         str | None,
         typer.Option(help="An SLA job's time limit from its start: 90s, 30m, 2h, 1h30m."),
     ] = None,
-    option: Annotated[
-        list[str] | None,
-        typer.Option(help="Extra tuning option NAME=NUMBER, repeatable (e.g. population_size=32)."),
-    ] = None,
-    split: Annotated[
-        int | None,
-        typer.Option(
-            help="Split the model at the task level into N sub-jobs sharing one tuning "
-            "database; the parent builds the artifact once all have finished."
-        ),
-    ] = None,
+    option: TuningOption = None,
+    split: Split = None,
     as_json: Json = False,
     db: Db = None,
 ) -> None:
@@ -217,6 +242,8 @@ def submit(
             trials=max_trials if max_trials is not None else trials,
             per_round=per_round,
             seed=seed,
+            input_shapes=_input_shapes(input_shape),
+            baselines=baselines,
             name=name,
             priority=priority,
             output=output,
@@ -234,19 +261,32 @@ def submit(
         console.print("no daemon runs yet: the job waits; start one with: sched start")
 
 
-def parse_options(items: list[str] | None) -> dict[str, float | int]:
-    """``NAME=NUMBER`` pairs (ValueError for anything else)."""
-    options: dict[str, float | int] = {}
+def _input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    from simpletvm.model import parse_input_shapes  # onnx and numpy: only when asked
+
+    return parse_input_shapes(items) if items else {}
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs: a number, true or false, or a word (ValueError otherwise)."""
+    options: dict[str, Any] = {}
     for item in items or []:
-        name, sep, raw = item.partition("=")
-        try:
-            value: float | int = float(raw) if "." in raw or "e" in raw.lower() else int(raw)
-        except ValueError:
-            value = None  # type: ignore[assignment]
-        if not sep or value is None:
-            raise ValueError(f"--option {item!r} is not NAME=NUMBER (e.g. population_size=32)")
-        options[name.strip()] = value
+        name, sep, raw = (part.strip() for part in item.partition("="))
+        if not sep or not name or not raw:
+            raise ValueError(f"--option {item!r} is not NAME=VALUE (e.g. population_size=32)")
+        options[name] = _option_value(raw)
     return options
+
+
+def _option_value(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for number in (int, float):
+        try:
+            return number(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 @app.command()

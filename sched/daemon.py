@@ -23,7 +23,7 @@ import psutil
 from . import runner
 from .devices import backoff, probe
 from .dispatch import Dispatcher
-from .jobs import preload
+from .jobs import kind_of_target, preload, target_kind
 from .models import JobKind, Resource, ResourceKind
 from .paths import log_file, pid_file, resolve_db, runner_log_dir
 from .pidfile import PidFile
@@ -100,7 +100,10 @@ class Daemon:
         if self.config.preempt is not None:
             self.registry.set_setting("preempt", "on" if self.config.preempt else "off")
         for target in self.config.preload:
-            self._preload(target)
+            try:
+                self._preload(kind_of_target(target))
+            except ValueError:  # a malformed --preload target: say so, serve anyway
+                traceback.print_exc()
         self._recover(now)
         self.registry.mark_daemon(os.getpid(), now=now)
 
@@ -209,16 +212,20 @@ class Daemon:
         self._spawn_pending = len(queued) > SPAWN_BATCH
         for job in queued[:SPAWN_BATCH]:
             if job["kind"] == JobKind.TVM.value:
-                self._preload(job["spec"].get("target", "llvm"))
+                try:
+                    self._preload(target_kind(job["spec"]))
+                except ValueError:  # a malformed target in an old row: its runner says so
+                    traceback.print_exc()
         claimed = self.registry.claim_jobs([job["id"] for job in queued[:SPAWN_BATCH]], now=now)
         self._fork(list(claimed.items()), now)
 
-    def _preload(self, target: str) -> None:
-        if target in self._preloaded:
+    def _preload(self, kind: str) -> None:
+        """Import what jobs on targets of this TVM kind need, once, before forking."""
+        if kind in self._preloaded:
             return
-        self._preloaded.add(target)
+        self._preloaded.add(kind)
         try:
-            preload(target)
+            preload(kind)
         except Exception:
             traceback.print_exc()
 

@@ -1,21 +1,39 @@
-"""The job factory: a registry row becomes a StagedJob (MockJob or a real TVM TuningJob)."""
+"""The job factory: a submission becomes a registry row, and a row becomes a StagedJob.
+
+A TVM job is described by one ``simpletvm.spec.JobSpec``, built at submit and stored as
+its JSON in the row's spec::
+
+    {"job": JobSpec.to_json(),
+     "device": "cpu-device" | "gpu" | None,   # the local device kind of its target
+     "target_kind": "llvm",                   # the target's TVM kind (the daemon preloads it)
+     "task_split": [k, parts],                # a sub-job of a split model
+     "split": parts}                          # the parent of a split model
+
+Rows written before the JobSpec held the fields flat (model, target, trials, per_round,
+seed, output, tuning_db, sla_ms, deadline_seconds, options); ``row_job_spec`` still
+reads them.
+"""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from simpletvm.errors import UserInputError
-from simpletvm.options import TuningOptions, option_names
+from simpletvm.options import DEFAULT_PER_ROUND, TuningOptions, option_names, parse_duration
+from simpletvm.spec import JobSpec
+from simpletvm.targets import parse_target
 
 from .devices import REMOTE_STAGES, is_remote, job_device_kind
 from .mockjob import MockJob, MockSpec
 from .models import JobKind
-from .resources import device_kind_for_mock, device_kind_for_target
+from .resources import device_kind_for_mock, device_kind_for_target, device_kind_of_target
 
-# TuningOptions fields a submission may set besides its own flags (trials, per_round,
-# seed, the SLA); tests and benchmarks shrink the evolutionary search with them
+__all__ = ["TUNING_OPTIONS", "SCHED_DEFAULTS", "build_job", "parse_duration", "tvm_spec"]
+
+# TuningOptions fields ``--option`` may set: all but those with flags of their own
 _SPEC_FIELDS = {"trials", "per_round", "seed", "sla_ms", "deadline_seconds"}
 TUNING_OPTIONS = tuple(n for n in option_names() if n not in _SPEC_FIELDS)
 # a job under sched asks for the CPU slots its stages use: one each unless set
@@ -23,18 +41,16 @@ SCHED_DEFAULTS = {"search_threads": 1, "builder_workers": 1}
 
 
 def check_tuning_options(options: dict[str, Any] | None) -> dict[str, Any]:
-    """Validated extra TuningOptions, by the engine's own rules (ValueError names the
-    unknown field or the bad value), so a job never fails in its runner for them."""
+    """Extra TuningOptions, checked by the engine's own rules (``UserInputError``, a
+    ValueError, names the unknown field or the bad value), so a job never fails in its
+    runner for them."""
     checked = dict(options or {})
     for name in checked:
         if name not in TUNING_OPTIONS:
-            raise ValueError(
+            raise UserInputError(
                 f"unknown tuning option {name!r}; choose from {', '.join(TUNING_OPTIONS)}"
             )
-    try:
-        TuningOptions(**checked).validate()
-    except UserInputError as exc:
-        raise ValueError(f"tuning option {exc}") from None
+    TuningOptions(**checked).validate()
     return checked
 
 
@@ -44,80 +60,150 @@ def mock_spec(text: str) -> tuple[dict[str, Any], str | None]:
     return {"mock": str(spec)}, device_kind_for_mock(spec.device)
 
 
-def tvm_spec(
+def job_spec(
     model: str,
     *,
     target: str = "llvm",
-    trials: int = 64,
-    per_round: int = 16,
+    trials: int | None = 64,
+    per_round: int = DEFAULT_PER_ROUND,
     seed: int = 0,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    baselines: bool = True,
     output: str | None = None,
     tuning_db: str | None = None,
-    device_kind: str | None = None,
     sla_ms: float | None = None,
     deadline_seconds: float | None = None,
     options: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], str | None]:
-    """The spec of a TVM job; ``device_kind`` names a kind of remote devices to measure on."""
-    path = Path(model).expanduser()
-    if not path.is_file():
-        raise ValueError(f"model {model!r} does not exist; give the path of an .onnx file")
-    if trials < 1 or per_round < 1:
-        raise ValueError("--trials and --per-round must be at least 1")
-    if not target.strip():
-        raise ValueError("--target must not be empty (e.g. llvm or cuda)")
-    if sla_ms is not None and not sla_ms > 0:
-        raise ValueError(f"--sla-ms must be positive, got {sla_ms}")
+) -> JobSpec:
+    """The JobSpec of ``sched submit``'s flags (``options``: the ``--option`` pairs)."""
     if deadline_seconds is not None and sla_ms is None:
-        raise ValueError("--deadline goes with --sla-ms (a latency target to tune towards)")
-    if deadline_seconds is not None and not deadline_seconds > 0:
-        raise ValueError(f"--deadline must be positive, got {deadline_seconds}")
+        raise UserInputError("--deadline goes with --sla-ms (a latency target to tune towards)")
     extra = check_tuning_options(options)
+    return JobSpec(
+        model=model,
+        target=target,
+        options=TuningOptions(
+            trials=trials,
+            per_round=per_round,
+            seed=seed,
+            sla_ms=sla_ms,
+            deadline_seconds=deadline_seconds,
+            **extra,
+        ),
+        input_shapes=dict(input_shapes or {}),
+        baselines=baselines,
+        output=output,
+        tuning_db=tuning_db,
+    )
+
+
+def tvm_spec(job: JobSpec, *, device_kind: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """The registry spec of a TVM job, and the device kind it measures on.
+
+    The job is checked as the engine would check it in the runner (its options, its
+    model loaded with its input shapes, its target resolved), so bad input fails here.
+    ``device_kind`` names a kind of remote devices to measure on.
+    """
+    job = _absolute(job).validate()
+    if not Path(job.model).is_file():
+        raise UserInputError(
+            f"model {job.model!r} does not exist; give the path of an .onnx file"
+        )
     remote = job_device_kind(device_kind) if device_kind else None
-    check_model_and_target(path, target)
-    spec = {
-        "model": str(path.resolve()),
-        "target": target,
-        "trials": trials,
-        "per_round": per_round,
-        "seed": seed,
-        "output": str(Path(output).resolve()) if output else None,
-        "tuning_db": str(Path(tuning_db).resolve()) if tuning_db else None,
-    }
-    if sla_ms is not None:
-        spec.update(sla_ms=float(sla_ms), deadline_seconds=deadline_seconds)
-    if extra:
-        spec["options"] = extra
-    return spec, remote or device_kind_for_target(target)
+    target = check_model_and_target(job)
+    local = device_kind_of_target(target)
+    spec = {"job": job.to_json(), "device": local, "target_kind": target.kind}
+    return spec, remote or local
 
 
-def check_model_and_target(path: Path, target: str) -> None:
-    """Refuse at submit time what the engine would refuse in the runner, with its words."""
+def _absolute(job: JobSpec) -> JobSpec:
+    """Paths made absolute: the runner does not run in the submitter's directory."""
+
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else None
+
+    return replace(
+        job, model=absolute(job.model), output=absolute(job.output),
+        tuning_db=absolute(job.tuning_db),
+    )  # fmt: skip
+
+
+def check_model_and_target(job: JobSpec):
+    """Refuse at submit time what the engine would refuse in the runner, with its words;
+    returns the resolved target (a ``simpletvm.targets.TargetSpec``)."""
     from simpletvm import model as model_mod
     from simpletvm.targets import resolve_target
 
-    onnx_model = model_mod.load_onnx(path)
-    model_mod.model_inputs(onnx_model)
+    onnx_model = model_mod.load_onnx(job.model)
+    model_mod.model_inputs(onnx_model, dict(job.input_shapes) or None)
     model_mod.check_operators(onnx_model)
-    resolve_target(target)
+    return resolve_target(job.target)
+
+
+def row_job_spec(spec: dict[str, Any]) -> JobSpec:
+    """The JobSpec of a TVM job's registry spec (also of a row written before JobSpec)."""
+    if "job" in spec:
+        return JobSpec.from_json(spec["job"])
+    extra = dict(spec.get("options") or {})
+    return JobSpec(
+        model=spec["model"],
+        target=spec.get("target", "llvm"),
+        options=TuningOptions(
+            trials=spec.get("trials"),
+            per_round=spec.get("per_round", DEFAULT_PER_ROUND),
+            seed=spec.get("seed", 0),
+            sla_ms=spec.get("sla_ms"),
+            deadline_seconds=spec.get("deadline_seconds"),
+            **extra,
+        ),
+        output=spec.get("output"),
+        tuning_db=spec.get("tuning_db"),
+    )
+
+
+def tvm_job(row: dict[str, Any]) -> JobSpec | None:
+    """A row's JobSpec, or None for a MockJob."""
+    return None if row["kind"] == JobKind.MOCK.value else row_job_spec(row["spec"])
+
+
+def target_kind(spec: dict[str, Any]) -> str:
+    """The TVM kind of a TVM job's target (carried in the row since JobSpec)."""
+    if "target_kind" in spec:
+        return spec["target_kind"]
+    return kind_of_target(row_job_spec(spec).target)
+
+
+def kind_of_target(target: str) -> str:
+    """The TVM kind of a target as written: a name, a tag or a JSON dict (TargetError if
+    malformed); no device is queried."""
+    return parse_target(target).kind
+
+
+def local_device_kind(spec: dict[str, Any]) -> str | None:
+    """The local device kind of a TVM job's target (carried in the row since JobSpec)."""
+    if "device" in spec:
+        return spec["device"]
+    return device_kind_for_target(row_job_spec(spec).target)
 
 
 def split_specs(
-    spec: dict[str, Any], parts: int, *, sla: bool = False, mock: str | None = None
+    spec: dict[str, Any], parts: int, *, mock: str | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A parent spec (no tuning: it builds the artifact from the shared records) and
     ``parts`` sub-job specs, each tuning the tasks whose index is ``k`` modulo ``parts``."""
     if mock is not None:
         raise ValueError("--split applies to TVM jobs, not --mock ones")
-    if sla:
-        raise ValueError("--split does not combine with --sla-ms yet; give one or the other")
     if parts < 2:
         raise ValueError(f"--split must be at least 2, got {parts}")
-    share = -(-spec["trials"] // parts)  # ceil: each sub-job's part of the budget
-    children = [
-        {**spec, "trials": share, "task_split": [k, parts], "output": None} for k in range(parts)
-    ]
-    return {**spec, "trials": 0, "split": parts}, children
+    job = row_job_spec(spec)
+    if job.options.sla_ms is not None:
+        raise ValueError("--split does not combine with --sla-ms yet; give one or the other")
+    if job.options.trials is None:
+        raise ValueError("--split shares a trial budget out: give --trials")
+    share = -(-job.options.trials // parts)  # ceil: each sub-job's part of the budget
+    child = replace(job, output=None).with_options(trials=share)
+    children = [{**spec, "job": child.to_json(), "task_split": [k, parts]} for k in range(parts)]
+    return {**spec, "job": job.with_options(trials=0).to_json(), "split": parts}, children
 
 
 def stage_info(row: dict[str, Any], request: Any) -> dict[str, Any]:
@@ -128,10 +214,9 @@ def stage_info(row: dict[str, Any], request: Any) -> dict[str, Any]:
     scheduler's host, so they ask for the local device of the target instead.
     """
     info = dict(request.info or {})
-    kind = request.kind.value if hasattr(request.kind, "value") else str(request.kind)
-    if is_remote(row.get("device_kind")) and kind not in REMOTE_STAGES:
+    if is_remote(row.get("device_kind")) and request.kind.value not in REMOTE_STAGES:
         if request.needs.get("device"):
-            info["device_kind"] = device_kind_for_target(row["spec"].get("target", "llvm"))
+            info["device_kind"] = local_device_kind(row["spec"])
     return info
 
 
@@ -144,43 +229,32 @@ def build_job(row: dict[str, Any], *, db_path: Path) -> Any:
     spec = row["spec"]
     if row["kind"] == JobKind.MOCK.value:
         return MockJob(spec["mock"], completed=row["stages_done"])
-    from simpletvm.engine import TuningJob  # heavy: imported lazily
-
+    job = row_job_spec(spec)
     work = job_dir(db_path, row["id"])
     work.mkdir(parents=True, exist_ok=True)
-    output = spec.get("output") or str(work / f"{Path(spec['model']).stem}.so")
-    tuning_db = spec.get("tuning_db") or str(work / "tuning.db")
-    only_tasks = None
+    output = job.output or str(work / f"{Path(job.model).stem}.so")
+    tuning_db = job.tuning_db or str(work / "tuning.db")
+    changes: dict[str, Any] = {
+        name: value for name, value in SCHED_DEFAULTS.items() if getattr(job.options, name) is None
+    }
     if row.get("parent_id") is not None:  # a sub-job: the parent's database, its tasks
         shared = job_dir(db_path, row["parent_id"])
         shared.mkdir(parents=True, exist_ok=True)
-        tuning_db = spec.get("tuning_db") or str(shared / "tuning.db")
+        tuning_db = job.tuning_db or str(shared / "tuning.db")
         k, parts = spec["task_split"]
-        only_tasks = range(k, sys.maxsize, parts)  # task index modulo parts, any count
-    return TuningJob.from_model(
-        spec["model"],
-        target=spec["target"],
-        options=TuningOptions(
-            trials=spec["trials"],
-            per_round=spec["per_round"],
-            seed=spec["seed"],
-            sla_ms=spec.get("sla_ms"),
-            deadline_seconds=spec.get("deadline_seconds"),
-            only_tasks=only_tasks,
-            **{**SCHED_DEFAULTS, **spec.get("options", {})},
-        ),
-        db_path=tuning_db,
-        output=output,
-        # records carry the job's tag: a restarted runner resumes its budget from them
-        job_tag=f"{db_path.resolve()}#job-{row['id']}",
+        changes["only_tasks"] = range(k, sys.maxsize, parts)  # task index modulo parts
+    # records carry the job's tag: a restarted runner resumes its budget from them
+    return job.with_options(**changes).tuning_job(
+        job_tag=f"{db_path.resolve()}#job-{row['id']}", db_path=tuning_db, output=output
     )
 
 
-def preload(target: str) -> bool:
-    """Import what a TVM job on ``target`` needs, in the daemon, before runners fork."""
+def preload(kind: str) -> bool:
+    """Import what a TVM job on a target of this kind needs, in the daemon, before runners
+    fork (``kind`` is the row's ``target_kind``)."""
     try:
         from simpletvm.engine import preload as engine_preload
     except ImportError:
         return False
-    engine_preload(target)
+    engine_preload(kind)
     return True

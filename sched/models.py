@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 
 class JobState(StrEnum):
@@ -138,3 +138,53 @@ class Grant:
 
 class Fenced(Exception):
     """A runner acted with a stale epoch or attempt: it must stop at once."""
+
+
+# -- what the registry and tvmsched.api return (superb reads these) ------------------------
+class JobRecord(TypedDict):
+    """One job: a row of the registry's ``jobs`` table, JSON columns decoded."""
+
+    id: int
+    name: str | None
+    kind: str  # a JobKind value
+    spec: dict[str, Any]  # {"mock": ...}, or a TVM job's (see jobs.py)
+    priority: int
+    device_kind: str | None
+    state: JobState
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    stage: str | None
+    wait_reason: str | None
+    progress: dict[str, Any]  # the job's progress(): trials_done, trials_total, ...
+    best_latency_ms: float | None
+    result: dict[str, Any] | None  # the job's result() once done: TuningJob's or MockJob's
+    error: str | None
+    retries: int
+    attempt: int
+    stages_done: int
+    runner_pid: int | None
+    runner_started: float | None
+    cancel_requested: bool
+    parent_id: int | None
+
+
+class StageRow(TypedDict):
+    """One stage's hold on one resource (``analysis.resource_intervals``)."""
+
+    job_id: int
+    stage: str  # a StageKind value
+    epoch: int
+    resource: str
+    amount: int  # the units held
+    start: float  # epoch seconds
+    end: float
+
+
+class Usage(TypedDict):
+    """One resource's utilisation (``analysis.utilisation``)."""
+
+    busy: float
+    idle: float
+    busy_seconds: float
+    capacity: int

@@ -29,22 +29,6 @@ def ensure_private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
-def ensure_private_file(path: Path) -> None:
-    """Create the database file 0600 before SQLite opens it, so it is never world-readable.
-
-    Only when it is missing: closing any descriptor of a file drops every POSIX lock this
-    process holds on it, including the locks of its open SQLite connections.
-    """
-    ensure_private_dir(path.parent)
-    if path.exists():
-        return
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
-
-
 def pid_file(db: Path) -> Path:
     return db.with_name(db.name + ".pid")
 

@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from simpletvm.stages import StageKind
+
 
 def _progress(job: dict[str, Any]) -> str:
     if job.get("trials_total"):
@@ -17,6 +19,19 @@ def _progress(job: dict[str, Any]) -> str:
 
 def _latency(value: float | None) -> str:
     return f"{value:.3f} ms" if value is not None else "-"
+
+
+def ms(value: float | None) -> str:
+    """Milliseconds to 4 significant digits (0.001234, 0.1235, 12.35, 1235)."""
+    return "-" if value is None else f"{value:.4g}"
+
+
+def model_ms_text(job: dict[str, Any]) -> str:
+    """The jobs table's ``model ms`` cell: measured, evaluated, or an estimate (``~``)."""
+    value, what = job.get("model_ms"), job.get("model_ms_is")
+    if value is None:
+        return "-"
+    return f"~{ms(value)} (est.)" if what == "estimate" else ms(value)
 
 
 def sla_text(sla: dict[str, Any] | None) -> str:
@@ -36,7 +51,7 @@ def sla_text(sla: dict[str, Any] | None) -> str:
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(title="jobs", title_justify="left")
     with_sla = any(job.get("sla") for job in jobs)
-    columns = ["id", "name", "state", "stage", "reason", "progress", "best", "retries"]
+    columns = ["id", "name", "state", "stage", "reason", "progress", "model ms", "retries"]
     for column in columns + (["sla"] if with_sla else []):
         table.add_column(column, overflow="fold")
     for job in jobs:
@@ -48,7 +63,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
             job.get("stage") or "-",
             reason,
             _progress(job),
-            _latency(job.get("best_latency_ms")),
+            model_ms_text(job),
             str(job["retries"]),
         ]
         table.add_row(*row, *([sla_text(job.get("sla"))] if with_sla else []))
@@ -140,12 +155,81 @@ def timeline_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def result_table(job: dict[str, Any]) -> Table:
+def result_table(job: dict[str, Any]) -> Group:
+    """A finished job's result: the latencies (ms, 4 significant digits), what was
+    exported and checked, the budget, the seconds per stage on one row, then the
+    convergence one round per row. ``sched result N --json`` keeps full precision."""
+    result = job.get("result") or {}
     table = Table(title=f"job {job['id']} result", title_justify="left", show_header=False)
-    table.add_column("key")
+    table.add_column("what")
     table.add_column("value", overflow="fold")
-    for key, value in (job.get("result") or {}).items():
-        if key.endswith("_ms") and isinstance(value, int | float):
-            value = _latency(value)
-        table.add_row(key, str(value))
+    for name, value in _result_rows(result):
+        table.add_row(name, value)
+    parts: list[Any] = [table]
+    convergence = result.get("convergence") or []
+    if convergence:
+        parts.append(_convergence_table(convergence))
+    parts.append("full precision and every field: sched result --json")
+    return Group(*parts)
+
+
+def _result_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    tuned, untuned, ort = (result.get(k) for k in ("tuned_ms", "untuned_ms", "onnxruntime_ms"))
+    spread = (result.get("tuned") or {}).get("std_ms")
+    rows = [
+        ("model", str(result.get("model") or "-")),
+        ("target", str(result.get("target") or "-")),
+        ("tuned ms", ms(tuned) + (f" ± {ms(spread)}" if spread is not None else "")),
+        ("untuned ms", ms(untuned)),
+        ("onnxruntime ms", ms(ort)),
+        ("speed-up over untuned", f"{untuned / tuned:.2f}x" if tuned and untuned else "-"),
+        ("tuned / onnxruntime", f"{tuned / ort:.2f}x" if tuned and ort else "-"),
+        ("exported build", str(result.get("exported") or "-")),
+        ("artifact", str(result.get("artifact") or "-")),
+        ("output check", _check_text(result.get("output_check"))),
+        ("trials", str(result.get("trials", "-"))),
+        ("tasks", str(result.get("tasks", "-"))),
+        ("served from the database", _served_text(result.get("served_from_db"))),
+        ("tuning s", _seconds(result.get("tuning_seconds"))),
+        ("stage s", _stages_text(result.get("stage_seconds") or {})),
+    ]
+    if result.get("sla_ms") is not None:
+        met = "met" if result.get("sla_met") else "not met"
+        rows.append(("sla", f"target {ms(result['sla_ms'])} ms, best "
+                            f"{ms(result.get('best_ms'))} ms ({met})"))  # fmt: skip
+    if result.get("stop_reason"):
+        rows.append(("stopped", str(result["stop_reason"])))
+    return [(name, value) for name, value in rows if value not in ("-", "- ms")]
+
+
+def _check_text(check: dict[str, Any] | None) -> str:
+    if not check:
+        return "-"
+    return f"{'ok' if check.get('ok') else 'FAILED'} (max error {check['max_abs_err']:.1e})"
+
+
+def _served_text(served: dict[str, Any] | None) -> str:
+    if not served or not served.get("records"):
+        return "-"
+    return f"{served['records']} records for {served.get('tasks', '?')} tasks"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _stages_text(stage_seconds: dict[str, float]) -> str:
+    """``prepare 7.2, search 11.9, ...`` in the order stages run."""
+    order = [k.value for k in StageKind]
+    named = sorted(stage_seconds, key=lambda k: order.index(k) if k in order else len(order))
+    return ", ".join(f"{k} {stage_seconds[k]:.1f}" for k in named) or "-"
+
+
+def _convergence_table(points: list[dict[str, Any]]) -> Table:
+    table = Table(title="convergence by round", title_justify="left")
+    for column in ("round", "trials", "seconds", "model ms (est.)"):
+        table.add_column(column, justify="right")
+    for number, point in enumerate(points, 1):
+        table.add_row(str(number), str(point.get("trials", "-")),
+                      _seconds(point.get("seconds")), ms(point.get("best_ms")))  # fmt: skip
     return table

@@ -6,7 +6,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .analysis import resource_intervals, utilisation
+from simpletvm.spec import JobSpec
+
+from .analysis import capacities, resource_intervals, utilisation
+from .jobs import tvm_job
 from .models import JobState
 from .paths import pid_file, runner_log_dir
 from .pidfile import running_pid
@@ -21,7 +24,7 @@ def status(registry: Registry, *, now: float | None = None) -> dict[str, Any]:
     resources = registry.resources()
     leases = registry.active_leases()
     rows = resource_intervals(registry.stage_intervals(), now=now)
-    usage = utilisation(rows, resources)
+    usage = utilisation(rows, capacities(resources))
     holders: dict[str, list[dict[str, Any]]] = {}
     for lease in leases:
         for name, amount in lease.resources.items():
@@ -63,10 +66,10 @@ def status(registry: Registry, *, now: float | None = None) -> dict[str, Any]:
 
 def job_summary(job: dict[str, Any]) -> dict[str, Any]:
     progress = job.get("progress") or {}
-    spec = job["spec"]
+    spec = tvm_job(job)
     return {
         "id": job["id"],
-        "name": job["name"] or (Path(spec["model"]).stem if "model" in spec else "mock"),
+        "name": job["name"] or (Path(spec.model).stem if spec else "mock"),
         "kind": job["kind"],
         "state": JobState(job["state"]).value,
         "priority": job["priority"],
@@ -75,17 +78,33 @@ def job_summary(job: dict[str, Any]) -> dict[str, Any]:
         "trials_done": progress.get("trials_done"),
         "trials_total": progress.get("trials_total"),
         "best_latency_ms": job["best_latency_ms"],
+        **model_latency(job),
         "retries": job["retries"],
         "error": job["error"],
         "device_kind": job["device_kind"],
         "parent_id": job.get("parent_id"),
-        "sla": sla_summary(job),
+        "sla": sla_summary(job, spec),
     }
 
 
-def sla_summary(job: dict[str, Any]) -> dict[str, Any] | None:
+def model_latency(job: dict[str, Any]) -> dict[str, Any]:
+    """The whole model's latency in ms and what it is: ``measured`` (a finished job's
+    tuned build), ``evaluated`` (an SLA job's last evaluate stage timed the whole model)
+    or ``estimate`` (the engine's progress: the sum over the tasks measured so far of
+    weight x best kernel time, so below the model's time until every task is measured).
+    A MockJob's are synthetic."""
+    result, progress = job.get("result") or {}, job.get("progress") or {}
+    if result.get("tuned_ms") is not None:
+        return {"model_ms": result["tuned_ms"], "model_ms_is": "measured"}
+    if progress.get("model_ms") is not None:
+        return {"model_ms": progress["model_ms"], "model_ms_is": "evaluated"}
+    estimate = progress.get("best_latency_ms", job.get("best_latency_ms"))
+    return {"model_ms": estimate, "model_ms_is": "estimate" if estimate is not None else None}
+
+
+def sla_summary(job: dict[str, Any], spec: JobSpec | None) -> dict[str, Any] | None:
     """An SLA job's target, the best whole-model latency measured so far, and its trend."""
-    sla_ms = job["spec"].get("sla_ms")
+    sla_ms = spec.options.sla_ms if spec else None
     if sla_ms is None:
         return None
     progress, result = job.get("progress") or {}, job.get("result") or {}
@@ -103,7 +122,7 @@ def sla_summary(job: dict[str, Any]) -> dict[str, Any] | None:
         "trend": trend,
         "met": met,
         "stop_reason": result.get("stop_reason"),
-        "deadline_seconds": job["spec"].get("deadline_seconds"),
+        "deadline_seconds": spec.options.deadline_seconds,
     }
 
 

@@ -7,15 +7,15 @@ cores a CPU target is measured on (a measure stage on it also claims every cpu s
 
 from __future__ import annotations
 
-import json
 import os
 import re
+
+from simpletvm.errors import TargetError
+from simpletvm.targets import TargetSpec, parse_target, visible_cuda_gpus
 
 from .models import Resource, ResourceKind
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*$")
-_GPU_TARGETS = ("cuda", "nvidia", "rocm", "vulkan", "metal", "opencl", "gpu")
-_CPU_TARGETS = ("llvm", "c", "cpu")
 
 
 def cpu_count() -> int:
@@ -26,9 +26,7 @@ def cpu_count() -> int:
 
 
 def visible_gpus() -> int:
-    from simpletvm.targets import visible_cuda_gpus  # light: TVM is imported lazily there
-
-    return visible_cuda_gpus()
+    return visible_cuda_gpus()  # light: simpletvm.targets imports TVM only when asked
 
 
 def kind_for_name(name: str) -> ResourceKind:
@@ -85,20 +83,24 @@ def detect(overrides: list[str] | dict[str, int] | None = None) -> list[Resource
     return found
 
 
-def device_kind_for_target(target: str) -> str | None:
-    """Which device kind a target string measures on ('gpu', 'cpu-device' or None)."""
-    text = target.strip()
-    if text.startswith("{"):
-        try:
-            text = str(json.loads(text).get("kind", ""))
-        except (ValueError, AttributeError):
-            return None
-    head = text.split()[0].lower() if text.split() else ""
-    if head in _GPU_TARGETS:
+def device_kind_of_target(target: TargetSpec) -> str | None:
+    """Which local device kind a parsed or resolved target measures on: 'gpu' for a GPU
+    kind, 'cpu-device' for a CPU one, None (any device) for any other kind."""
+    if target.is_gpu:
         return ResourceKind.GPU.value
-    if head in _CPU_TARGETS:
+    if target.device_type == "cpu" or target.kind == "c":
         return ResourceKind.CPU_DEVICE.value
     return None
+
+
+def device_kind_for_target(target: str) -> str | None:
+    """``device_kind_of_target`` of a target as written: a name, a TVM tag such as
+    ``nvidia/nvidia-a100``, or a JSON dict. Only the target's config is read: no device is
+    queried (a CUDA target maps to 'gpu' without initialising CUDA). None if malformed."""
+    try:
+        return device_kind_of_target(parse_target(target))
+    except (TargetError, KeyError):
+        return None
 
 
 def device_kind_for_mock(device: str) -> str | None:

@@ -110,63 +110,19 @@ def run(
 ) -> int:
     """The runner's whole life; returns its exit status."""
     registry = Registry(db_path)
-    wakeup = Wakeup(wake_fd)
     row = registry.job(job_id)
     if row is None or row["attempt"] != attempt or row["state"] is not JobState.RUNNING:
         return EXIT_FENCED
-    request = None
+    life = _Life(registry, row, Wakeup(wake_fd), notify_fd, heartbeat)
     try:
-        job = build_job(row, db_path=Path(db_path))
-        index = row["stages_done"]
-        request = job.next_stage()
-        if request is None:
-            registry.finish_job(job_id, attempt, result=job.result())
-            return EXIT_OK
-        request_id = registry.request_stage(
-            job_id, attempt, index, request.kind.value, request.needs, stage_info(row, request)
-        )
-        notify(notify_fd)
-        while True:
-            grant = wait_for_grant(registry, request_id, wakeup)
-            epoch = grant["epoch"]
-            started = time.time()
-            beat = Heartbeat(registry, epoch, heartbeat, started)
-            beat.start()
-            try:
-                outcome = job.run_stage(grant=grant)
-            except DeviceUnavailable as exc:
-                # The stage did not run: mark the server down, ask again for another one.
-                beat.stop()
-                device = (grant.get("rpc") or {}).get("name", exc.device)
-                request_id = registry.device_unavailable(epoch, device, exc.reason)
-                print(f"runner for job {job_id}: {exc}; stage re-queued", flush=True)
-                notify(notify_fd)
-                continue
-            finally:
-                beat.stop()
-            index += 1
-            request = job.next_stage()
-            follow = None
-            if request is not None:
-                follow = (index, request.kind.value, request.needs, stage_info(row, request))
-            request_id = registry.complete_stage(
-                epoch,
-                seconds=outcome.seconds,
-                progress=job.progress(),
-                next_stage=follow,
-                started_at=started,
-            )
-            notify(notify_fd)
-            if request is None:
-                registry.finish_job(job_id, attempt, result=job.result())
-                notify(notify_fd)
-                return EXIT_OK
+        life.run(build_job(row, db_path=Path(db_path)))
+        return EXIT_OK
     except Fenced as exc:
         print(f"runner for job {job_id}: fenced: {exc}", flush=True)
         return EXIT_FENCED
     except Exception as exc:
         traceback.print_exc()
-        stage = request.kind.value if request is not None else "job"
+        stage = life.request.kind.value if life.request is not None else "job"
         error = f"{stage} stage failed: {type(exc).__name__}: {exc}"
         try:
             registry.finish_job(job_id, attempt, state=JobState.FAILED, error=error)
@@ -174,3 +130,63 @@ def run(
             return EXIT_FENCED
         notify(notify_fd)
         return EXIT_FAILED
+
+
+class _Life:
+    """A runner's loop: request a stage, wait for its grant, run it under a heartbeat,
+    record it and request the next one (one transaction), until the job is finished."""
+
+    def __init__(self, registry: Registry, row, wakeup: Wakeup, notify_fd: int | None,
+                 heartbeat: float) -> None:  # fmt: skip
+        self.registry, self.row, self.wakeup = registry, row, wakeup
+        self.notify_fd, self.heartbeat = notify_fd, heartbeat
+        self.job_id, self.attempt = row["id"], row["attempt"]
+        self.request = None  # the stage asked for or running (named if it fails)
+
+    def run(self, job) -> None:
+        index = self.row["stages_done"]
+        self.request = job.next_stage()
+        if self.request is None:
+            self.registry.finish_job(self.job_id, self.attempt, result=job.result())
+            return
+        request_id = self.registry.request_stage(
+            self.job_id, self.attempt, index, *self._asked(self.request)
+        )
+        notify(self.notify_fd)
+        while True:
+            grant = wait_for_grant(self.registry, request_id, self.wakeup)
+            started = time.time()
+            try:
+                outcome = self._run_stage(job, grant, started)
+            except DeviceUnavailable as exc:
+                # The stage did not run: mark the server down, ask again for another one.
+                device = (grant.get("rpc") or {}).get("name", exc.device)
+                request_id = self.registry.device_unavailable(grant["epoch"], device, exc.reason)
+                print(f"runner for job {self.job_id}: {exc}; stage re-queued", flush=True)
+                notify(self.notify_fd)
+                continue
+            index += 1
+            self.request = job.next_stage()
+            follow = (index, *self._asked(self.request)) if self.request is not None else None
+            request_id = self.registry.complete_stage(
+                grant["epoch"], seconds=outcome.seconds, progress=job.progress(),
+                next_stage=follow, started_at=started,
+            )  # fmt: skip
+            notify(self.notify_fd)
+            if self.request is None:
+                self.registry.finish_job(self.job_id, self.attempt, result=job.result())
+                notify(self.notify_fd)
+                return
+
+    def _asked(self, request) -> tuple:
+        """A request's kind, needs and info, as the registry records them."""
+        return request.kind.value, request.needs, stage_info(self.row, request)
+
+    def _run_stage(self, job, grant: dict, started: float):
+        """Run the granted stage while a heartbeat keeps its lease alive."""
+        beat = Heartbeat(self.registry, grant["epoch"], self.heartbeat, started)
+        beat.start()
+        try:
+            return job.run_stage(grant=grant)
+        finally:
+            beat.stop()

@@ -13,10 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .analysis import exclusive_overlaps, makespan, resource_intervals, utilisation
+from simpletvm.stages import CPU, DEVICE
+
+from .analysis import (
+    ANY_DEVICE,
+    StageWork,
+    capacities,
+    exclusive_overlaps,
+    makespan,
+    makespan_lower_bound,
+    resource_intervals,
+    utilisation,
+)
 from .dispatch import Dispatcher
 from .mockjob import MockJob, MockSpec
-from .models import JobKind, Resource, ResourceKind
+from .models import JobKind, Resource
 from .registry import Registry
 from .resources import device_kind_for_mock
 from .strategies import lending
@@ -46,21 +57,22 @@ class SimulationResult:
         return self.makespan / self.lower_bound if self.lower_bound else float("nan")
 
 
+def mock_stages(specs: list[MockSpec]) -> list[StageWork]:
+    """The planned stages of MockJobs, with what each holds, for the lower bound."""
+    work = []
+    for job, spec in enumerate(specs):
+        mock = MockJob(spec, sleeper=_noop)
+        device = device_kind_for_mock(spec.device) or ANY_DEVICE
+        while (request := mock.next_stage()) is not None:
+            work.append(StageWork(job, mock.planned_seconds(), request.needs.get(CPU, 0),
+                                  device if request.needs.get(DEVICE) else None))  # fmt: skip
+            mock.index += 1
+    return work
+
+
 def lower_bound(specs: list[MockSpec], resources: list[Resource]) -> float:
-    """max(total device work / devices, total cpu work / cpu slots, longest job)."""
-    slots = sum(r.capacity for r in resources if r.kind is ResourceKind.CPU) or 1
-    devices = sum(1 for r in resources if r.exclusive) or 1
-    device = cpu = longest = 0.0
-    for spec in specs:
-        total = 0.0
-        for kind, seconds in spec.stages():
-            total += seconds
-            if kind.value in ("measure", "finalize"):
-                device += seconds
-            if kind.value != "measure":
-                cpu += seconds * (spec.workers if kind.value == "build" else 1)
-        longest = max(longest, total)
-    return max(device / devices, cpu / slots, longest)
+    """``analysis.makespan_lower_bound`` of the MockJobs' planned stages."""
+    return makespan_lower_bound(mock_stages(specs), resources)
 
 
 def _noop(_: float) -> None:
@@ -80,106 +92,143 @@ def simulate(
     (a suspended stage's end moves later by the time it spent suspended)."""
     parsed = [MockSpec.parse(s) if isinstance(s, str) else s for s in specs]
     registry = Registry(db_path)
-    registry.replace_resources(resources)
-    finish: dict[int, float] = {}  # epoch -> simulated end of a running stage
-    left: dict[int, float] = {}  # epoch -> seconds a suspended stage has left
-    clock = [0.0]
-
-    def suspend(leases: list[dict]) -> None:
-        for lease in leases:
-            left[lease["epoch"]] = finish.pop(lease["epoch"]) - clock[0]
-
-    def resume(leases: list[dict]) -> None:
-        for lease in leases:
-            finish[lease["epoch"]] = clock[0] + left.pop(lease["epoch"])
-            heapq.heappush(running, (finish[lease["epoch"]], lease["epoch"], lease["job_id"]))
-
-    dispatcher = Dispatcher(
-        registry, strategy=strategy, suspend=suspend if preempt else None, resume=resume
-    )
-    capacity = {r.name: r.capacity for r in resources}
-    now = 0.0
-    queued: list[tuple[int, MockSpec]] = []
-    for spec in parsed:
-        job_id = registry.submit(
-            JobKind.MOCK.value,
-            {"mock": str(spec)},
-            device_kind=device_kind_for_mock(spec.device),
-            now=now,
+    try:
+        run = _Simulation(registry, strategy, resources, active_limit, preempt)
+        run.submit(parsed)
+        run.run()
+        rows = resource_intervals(registry.stage_intervals(), held=True)
+        res = registry.resources()
+        return SimulationResult(
+            strategy=strategy,
+            makespan=makespan(rows),
+            lower_bound=lower_bound(parsed, resources),
+            utilisation=utilisation(rows, capacities(res)),
+            overlaps=len(exclusive_overlaps(rows, res)),
+            stages=run.stages,
         )
-        queued.append((job_id, spec))
-    queued.reverse()
-    jobs: dict[int, tuple[MockJob, int]] = {}
-    running: list[tuple[float, int, int]] = []  # (finish time, epoch, job id)
-    stages = 0
+    finally:
+        registry.close()
 
-    def admit() -> None:
-        limit = dispatcher.strategy.max_active_jobs(active_limit)
-        while queued and len(jobs) < limit:
-            job_id, spec = queued.pop()
-            attempt = registry.claim_job(job_id, now=now)
-            job = MockJob(spec, sleeper=_noop)
-            jobs[job_id] = (job, attempt)
-            request = job.next_stage()
-            registry.request_stage(
-                job_id, attempt, job.index, request.kind.value, request.needs, request.info, now=now
-            )
 
-    admit()
-    while True:
-        clock[0] = now
-        dispatcher.resume_finished(now)  # before counting: resumed stages hold units again
-        in_use = {name: 0 for name in capacity}
-        leases = registry.active_leases()
-        lent = lending(leases)
+class _Simulation:
+    """The event loop: grant what the strategy grants, then jump the clock to the next
+    stage end and complete every stage ending then."""
+
+    def __init__(
+        self, registry: Registry, strategy: str, resources: list[Resource], active_limit: int,
+        preempt: bool,
+    ) -> None:  # fmt: skip
+        registry.replace_resources(resources)
+        self.registry = registry
+        self.dispatcher = Dispatcher(
+            registry,
+            strategy=strategy,
+            suspend=self.suspend if preempt else None,
+            resume=self.resume,
+        )
+        self.capacity = {r.name: r.capacity for r in resources}
+        self.active_limit = active_limit
+        self.now = 0.0
+        self.queued: list[tuple[int, MockSpec]] = []  # to admit, the next one last
+        self.jobs: dict[int, tuple[MockJob, int]] = {}  # job id -> (job, attempt)
+        self.running: list[tuple[float, int, int]] = []  # heap of (end, epoch, job id)
+        self.finish: dict[int, float] = {}  # epoch -> simulated end of a running stage
+        self.left: dict[int, float] = {}  # epoch -> seconds a suspended stage has left
+        self.stages = 0
+
+    def suspend(self, leases: list[dict]) -> None:
         for lease in leases:
-            if lease.epoch in lent:
-                continue
-            for name, amount in lease.resources.items():
-                in_use[name] += amount
-        for grant in dispatcher.dispatch(now):
-            job, _ = jobs[grant.job_id]
-            registry.start_stage(grant.epoch, now=now)
+            self.left[lease["epoch"]] = self.finish.pop(lease["epoch"]) - self.now
+
+    def resume(self, leases: list[dict]) -> None:
+        for lease in leases:
+            self._ends(lease["epoch"], lease["job_id"], self.now + self.left.pop(lease["epoch"]))
+
+    def _ends(self, epoch: int, job_id: int, at: float) -> None:
+        self.finish[epoch] = at
+        heapq.heappush(self.running, (at, epoch, job_id))
+
+    def submit(self, specs: list[MockSpec]) -> None:
+        for spec in specs:
+            job_id = self.registry.submit(
+                JobKind.MOCK.value,
+                {"mock": str(spec)},
+                device_kind=device_kind_for_mock(spec.device),
+                now=self.now,
+            )
+            self.queued.append((job_id, spec))
+        self.queued.reverse()
+
+    def run(self) -> None:
+        self.admit()
+        while True:
+            self.dispatcher.resume_finished(self.now)  # resumed stages hold units again
+            self.grant()
+            while self.running and self.finish.get(self.running[0][1]) != self.running[0][0]:
+                heapq.heappop(self.running)  # a suspended stage's old end, or a moved one
+            if not self.running:
+                return
+            self.now = self.running[0][0]
+            self.complete_due()
+            self.admit()
+
+    def admit(self) -> None:
+        """Start jobs up to the strategy's limit: each asks for its first stage."""
+        limit = self.dispatcher.strategy.max_active_jobs(self.active_limit)
+        while self.queued and len(self.jobs) < limit:
+            job_id, spec = self.queued.pop()
+            attempt = self.registry.claim_job(job_id, now=self.now)
+            job = MockJob(spec, sleeper=_noop)
+            self.jobs[job_id] = (job, attempt)
+            request = job.next_stage()
+            self.registry.request_stage(
+                job_id, attempt, job.index, request.kind.value, request.needs, request.info,
+                now=self.now,
+            )  # fmt: skip
+
+    def grant(self) -> None:
+        """One dispatch pass; each granted stage starts now and ends after its planned
+        seconds (times the oversubscription at its start, under ``synchronous``)."""
+        in_use = self._in_use()
+        for grant in self.dispatcher.dispatch(self.now):
+            job, _ = self.jobs[grant.job_id]
+            self.registry.start_stage(grant.epoch, now=self.now)
             for name, amount in grant.resources.items():
                 in_use[name] += amount
             slowdown = 1.0
-            if dispatcher.strategy.oversubscribes:  # the others never exceed a capacity
-                slowdown = max([in_use[n] / capacity[n] for n in grant.resources] + [1.0])
-            finish[grant.epoch] = now + job.planned_seconds() * slowdown
-            heapq.heappush(running, (finish[grant.epoch], grant.epoch, grant.job_id))
-        while running and finish.get(running[0][1]) != running[0][0]:
-            heapq.heappop(running)  # a suspended stage's old end, or a moved one
-        if not running:
-            break
-        now = running[0][0]
-        while running and running[0][0] <= now:
-            end, epoch, job_id = heapq.heappop(running)
-            if finish.get(epoch) != end:
+            if self.dispatcher.strategy.oversubscribes:  # the others never exceed a capacity
+                slowdown = max([in_use[n] / self.capacity[n] for n in grant.resources] + [1.0])
+            self._ends(grant.epoch, grant.job_id, self.now + job.planned_seconds() * slowdown)
+
+    def _in_use(self) -> dict[str, int]:
+        """Units held by the active leases (a suspended lease's are lent: not counted)."""
+        in_use = {name: 0 for name in self.capacity}
+        leases = self.registry.active_leases()
+        lent = lending(leases)
+        for lease in leases:
+            if lease.epoch not in lent:
+                for name, amount in lease.resources.items():
+                    in_use[name] += amount
+        return in_use
+
+    def complete_due(self) -> None:
+        """Complete every stage that ends now; request each job's next stage, or finish."""
+        while self.running and self.running[0][0] <= self.now:
+            end, epoch, job_id = heapq.heappop(self.running)
+            if self.finish.get(epoch) != end:
                 continue
-            del finish[epoch]
-            job, attempt = jobs[job_id]
+            del self.finish[epoch]
+            job, attempt = self.jobs[job_id]
             outcome = job.run_stage()
-            stages += 1
+            self.stages += 1
             request = job.next_stage()
             follow = None
             if request is not None:
                 follow = (job.index, request.kind.value, request.needs, request.info)
-            registry.complete_stage(
-                epoch, seconds=outcome.seconds, progress=job.progress(), next_stage=follow, now=now
-            )
+            self.registry.complete_stage(
+                epoch, seconds=outcome.seconds, progress=job.progress(), next_stage=follow,
+                now=self.now,
+            )  # fmt: skip
             if request is None:
-                registry.finish_job(job_id, attempt, result=job.result(), now=now)
-                del jobs[job_id]
-        admit()
-    rows = resource_intervals(registry.stage_intervals(), held=True)
-    res = registry.resources()
-    result = SimulationResult(
-        strategy=strategy,
-        makespan=makespan(rows),
-        lower_bound=lower_bound(parsed, resources),
-        utilisation=utilisation(rows, res),
-        overlaps=len(exclusive_overlaps(rows, res)),
-        stages=stages,
-    )
-    registry.close()
-    return result
+                self.registry.finish_job(job_id, attempt, result=job.result(), now=self.now)
+                del self.jobs[job_id]

@@ -23,12 +23,26 @@ def draw(rows: list[dict[str, Any]], output: str | Path, *, title: str = "sched 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     output = Path(output)
     if output.suffix.lower() not in (".png", ".svg"):
         raise ValueError(f"timeline output {output.name!r} must end in .png or .svg")
+    lanes, placed = place_in_lanes(rows)
+    fig, ax = plt.subplots(figsize=(12, 1 + 0.45 * max(1, len(lanes))))
     origin = min((r["start"] for r in rows), default=0.0)
+    for lane, row in placed:
+        _bar(ax, lane, row, origin)
+    _decorate(ax, lanes, title)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output)
+    plt.close(fig)
+    return output
+
+
+def place_in_lanes(rows: list[dict[str, Any]]) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Lane names, and each row with its lane's index: a resource's first free sub-lane
+    (``cpu``, ``cpu#1``, ...), so stages sharing a cpu pool do not overlap in the chart."""
     lanes: list[str] = []
     placed: list[tuple[int, dict[str, Any]]] = []
     ends: dict[str, list[float]] = {}
@@ -44,28 +58,23 @@ def draw(rows: list[dict[str, Any]], output: str | Path, *, title: str = "sched 
         if lane not in lanes:
             lanes.append(lane)
         placed.append((lanes.index(lane), row))
-    fig, ax = plt.subplots(figsize=(12, 1 + 0.45 * max(1, len(lanes))))
-    for lane, row in placed:
-        colour = STAGE_COLOURS.get(row["stage"], "#7f7f7f")
-        ax.barh(
-            lane,
-            row["end"] - row["start"],
-            left=row["start"] - origin,
-            color=colour,
-            edgecolor="black",
-            linewidth=0.3,
-        )
-        width = row["end"] - row["start"]
-        if width > 0:
-            ax.text(
-                row["start"] - origin + width / 2,
-                lane,
-                str(row["job_id"]),
-                ha="center",
-                va="center",
-                fontsize=6,
-                clip_on=True,
-            )
+    return lanes, placed
+
+
+def _bar(ax, lane: int, row: dict[str, Any], origin: float) -> None:
+    """One stage: a bar in its stage's colour, labelled with its job id."""
+    width = row["end"] - row["start"]
+    colour = STAGE_COLOURS.get(row["stage"], "#7f7f7f")
+    ax.barh(lane, width, left=row["start"] - origin, color=colour, edgecolor="black",
+            linewidth=0.3)  # fmt: skip
+    if width > 0:
+        ax.text(row["start"] - origin + width / 2, lane, str(row["job_id"]), ha="center",
+                va="center", fontsize=6, clip_on=True)  # fmt: skip
+
+
+def _decorate(ax, lanes: list[str], title: str) -> None:
+    from matplotlib.patches import Patch
+
     ax.set_yticks(range(len(lanes)), lanes)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first stage")
@@ -76,8 +85,3 @@ def draw(rows: list[dict[str, Any]], output: str | Path, *, title: str = "sched 
         bbox_to_anchor=(1.0, 1.0),
         fontsize=7,
     )
-    fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output)
-    plt.close(fig)
-    return output

@@ -21,6 +21,8 @@ from typing import Any
 
 import psutil
 
+from simpletvm.stages import CPU, DEVICE
+
 from .matrix import RunPoint
 from .outcome import Event, PointFailed, PointOutcome, job_outcome
 from .timeline import makespan, utilisation
@@ -148,22 +150,15 @@ def _child_main(conn, target: Callable[..., None], args: tuple, log_path: Path) 
         os._exit(0)
 
 
-def _engine_child(conn, point: RunPoint, path: str, work_dir: str) -> None:
-    from simpletvm.engine import TuningJob, TuningOptions
+def _engine_child(conn, spec: dict[str, Any]) -> None:
+    """Child side: the job from its JobSpec's JSON, run stage by stage."""
+    from simpletvm.spec import JobSpec
+    from simpletvm.targets import host_cores
 
-    options = TuningOptions(
-        trials=point.trials, per_round=point.per_round, seed=point.seed, **dict(point.options)
-    )
-    shapes = point.models[0].input_shapes
-    job = TuningJob.from_model(
-        path,
-        target=point.target,
-        options=options,
-        db_path=str(Path(work_dir) / "tuning.db"),
-        output=str(Path(work_dir) / "model.so"),
-        input_shapes=dict(shapes) if shapes else None,
-        measure_baselines=bool(point.baselines),
-    )
+    job = JobSpec.from_json(spec).tuning_job()
+    # the units a stage may hold: the cores the engine sized its threads from, one device
+    cores = int(job.target.config.get("num-cores") or host_cores())
+    conn.send(("capacities", {CPU: cores, DEVICE: 1}))
     origin = time.perf_counter()
     while (request := job.next_stage()) is not None:
         start = time.perf_counter() - origin
@@ -173,7 +168,7 @@ def _engine_child(conn, point: RunPoint, path: str, work_dir: str) -> None:
                 "stage",
                 {
                     "kind": request.kind.value,
-                    "resources": sorted(request.needs),
+                    "resources": dict(request.needs),
                     "start": start,
                     "end": time.perf_counter() - origin,
                     "trials_done": outcome.trials_done,
@@ -190,17 +185,27 @@ def run_direct_point(
 ) -> PointOutcome:
     """Tune the point's one model with the engine in a child process."""
     ref = point.models[0]
-    path = model_path(ref, work_dir)
+    spec = point.job_spec(
+        0,
+        model_path(ref, work_dir),
+        output=str(work_dir / "model.so"),
+        tuning_db=str(work_dir / "tuning.db"),
+    )
     progress(None, f"importing TVM for {point.target}")
     events: list[Event] = []
     result: dict[str, Any] = {}
+    capacities: dict[str, int] = {}
     started = time.perf_counter()
 
     def on_message(message: tuple[str, Any]) -> None:
         kind, payload = message
-        if kind == "stage":
-            for resource in payload["resources"]:
-                events.append(Event(0, payload["kind"], resource, payload["start"], payload["end"]))
+        if kind == "capacities":
+            capacities.update(payload)
+        elif kind == "stage":
+            for resource, amount in payload["resources"].items():
+                events.append(
+                    Event(0, payload["kind"], resource, payload["start"], payload["end"], amount)
+                )
             total = payload["trials_total"] or 0
             done = payload["trials_done"] or 0
             progress(
@@ -211,12 +216,12 @@ def run_direct_point(
             result.update(payload)
 
     def outcome() -> PointOutcome:
-        return direct_outcome(point, result, events, time.perf_counter() - started)
+        return direct_outcome(point, result, events, time.perf_counter() - started, capacities)
 
     try:
         run_in_child(
             _engine_child,
-            (point, path, str(work_dir)),
+            (spec.to_json(),),
             on_message=on_message,
             should_stop=should_stop,
             timeout=point.timeout,
@@ -230,7 +235,11 @@ def run_direct_point(
 
 
 def direct_outcome(
-    point: RunPoint, result: dict, events: list[Event], wall_s: float
+    point: RunPoint,
+    result: dict,
+    events: list[Event],
+    wall_s: float,
+    capacities: dict[str, int],
 ) -> PointOutcome:
     job, convergence = job_outcome(
         0, point.models[0].label, result, point.baselines, status="done" if result else "failed"
@@ -240,7 +249,7 @@ def direct_outcome(
         makespan_s=makespan(events) or None,
         tuning_s=job.tuning_s,
         jobs=[job],
-        resources=utilisation(events),
+        resources=utilisation(events, capacities),
         events=events,
         convergence=convergence,
         detail={"artifact": result.get("artifact")},

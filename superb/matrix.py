@@ -13,6 +13,9 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
+from simpletvm.options import TuningOptions
+from simpletvm.spec import JobSpec
+
 from .spec import Baseline, Experiment, ModelRef
 
 # A single real job runs the engine directly: no scheduler is involved, so the strategy
@@ -69,6 +72,24 @@ class RunPoint:
             # only when set: the points recorded before options existed keep their keys
             **({"options": dict(self.options)} if self.options else {}),
         }
+
+    def job_spec(self, index: int, model_path: str, *, output: str, tuning_db: str) -> JobSpec:
+        """Job ``index``'s specification, as both paths (direct and sched) pass it on: the
+        point's budget and options, seed + index, the model's input shapes, baselines."""
+        return JobSpec(
+            model=model_path,
+            target=self.target,
+            options=TuningOptions(
+                trials=self.trials,
+                per_round=self.per_round,
+                seed=self.seed + index,
+                **dict(self.options),
+            ),
+            input_shapes=dict(self.models[index].input_shapes),
+            baselines=bool(self.baselines),
+            output=output,
+            tuning_db=tuning_db,
+        )
 
     @property
     def key(self) -> str:

@@ -1,12 +1,14 @@
 """MockJob specs (``rounds=3,search=0.2,...``): checked before a run starts.
 
-The format is sched's (``tvmsched.mockjob.MockSpec``), which is always installed with
-superb; this module only adapts its answers to superb's schema messages.
+The format is sched's (``tvmsched.mockjob.MockSpec``); this module only adapts its
+answers to superb's schema messages.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from tvmsched.mockjob import MockSpec
 
 
 def mock_problem(spec: Any) -> str | None:
@@ -30,10 +32,8 @@ def parse_mock(spec: str) -> dict[str, Any] | str:
     sched's MockSpec parser is the one definition of the format; superb only keeps the
     fields the text names, so estimates can tell a given value from a default.
     """
-    from . import schedapi
-
     try:
-        parsed = schedapi.module("mockjob").MockSpec.parse(spec)
+        parsed = MockSpec.parse(spec)
     except ValueError as exc:
         return f"'{spec}': {exc}"
     given = {part.partition("=")[0].strip() for part in spec.split(",")}

@@ -27,6 +27,7 @@ class Event:
     resource: str
     start: float
     end: float
+    amount: int = 1  # the units of the resource it held (cpu slots; 1 for a device)
 
 
 @dataclass
@@ -96,7 +97,7 @@ class PointOutcome:
     trials: int | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     jobs: list[JobOutcome] = field(default_factory=list)
-    # resource -> {"busy": fraction, "idle": fraction} over the makespan
+    # resource -> {"busy": fraction, "idle": fraction}: tvmsched.analysis.utilisation
     resources: dict[str, dict[str, float]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     convergence: list[ConvergencePoint] = field(default_factory=list)

@@ -223,6 +223,8 @@ def bars(
     written: list[Path],
     experiments: list[str] | None,
 ) -> None:
+    """Per figure (experiment and target): makespan, each model's tuned latency and the
+    device idle %, as bars per strategy, grouped by job count."""
     plt = _pyplot()
     report = build_report(db, experiments=experiments, group_by=[*FIGURE_AXES, "strategy", "jobs"])
     figures: dict[tuple, list[dict]] = defaultdict(list)
@@ -236,51 +238,48 @@ def bars(
         if c.endswith(" ms") and not c.endswith("untuned_ms") and not c.endswith("onnxruntime_ms")
     ]
     for figure, rows in figures.items():
-        panels = (
-            [("makespan_s", "makespan (s)")]
-            + [
-                (c, f"{c[:-3]}: tuned latency (ms)")
-                for c in latency_columns
-                if any(r.get(c) is not None for r in rows)
-            ]
-            + [("device_idle_pct", "device idle (%)")]
-        )
-        strategies = sorted({r["strategy"] for r in rows}, key=_strategy_rank)
-        jobs_values = sorted({r["jobs"] for r in rows})
+        panels = _bar_panels(rows, latency_columns)
         fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
-        width = 0.8 / max(len(strategies), 1)
         for ax, (column, title) in zip(axes[0], panels, strict=True):
-            for offset, strategy in enumerate(strategies):
-                heights = [
-                    next(
-                        (
-                            r[column]
-                            for r in rows
-                            if r["strategy"] == strategy
-                            and r["jobs"] == jobs
-                            and r.get(column) is not None
-                        ),
-                        0.0,
-                    )
-                    for jobs in jobs_values
-                ]
-                ax.bar(
-                    [i + offset * width for i in range(len(jobs_values))],
-                    heights,
-                    width,
-                    label=strategy,
-                )
-            if column.endswith(" ms"):  # a latency panel: show the untuned baseline
-                untuned = [r.get(column.replace(" ms", " untuned_ms")) for r in rows]
-                untuned = [u for u in untuned if u is not None]
-                if untuned:
-                    ax.axhline(min(untuned), color="grey", linestyle="--", label="untuned")
-            ax.set_xticks(
-                [i + width * (len(strategies) - 1) / 2 for i in range(len(jobs_values))],
-                [f"{j} jobs" for j in jobs_values],
-            )
-            ax.set_title(title, fontsize=9)
-            ax.grid(axis="y", alpha=0.3)
+            _bar_panel(ax, rows, column, title)
         axes[0, 0].legend(fontsize=8)
         fig.suptitle(f"{figure[0]}: medians over repeats", fontsize=10)
         _save(fig, output, names[figure], written)
+
+
+def _bar_panels(rows: list[dict], latency_columns: list[str]) -> list[tuple[str, str]]:
+    """(column, title) of each panel: makespan, the latencies the rows have, device idle."""
+    latencies = [
+        (c, f"{c[:-3]}: tuned latency (ms)")
+        for c in latency_columns
+        if any(r.get(c) is not None for r in rows)
+    ]
+    return [("makespan_s", "makespan (s)"), *latencies, ("device_idle_pct", "device idle (%)")]
+
+
+def _bar_panel(ax, rows: list[dict], column: str, title: str) -> None:
+    """One bar per strategy and job count; a latency panel also draws the untuned line."""
+    strategies = sorted({r["strategy"] for r in rows}, key=_strategy_rank)
+    jobs_values = sorted({r["jobs"] for r in rows})
+    width = 0.8 / max(len(strategies), 1)
+    for offset, strategy in enumerate(strategies):
+        heights = [_value(rows, column, strategy, jobs) for jobs in jobs_values]
+        ax.bar([i + offset * width for i in range(len(jobs_values))], heights, width,
+               label=strategy)  # fmt: skip
+    if column.endswith(" ms"):  # a latency panel: show the untuned baseline
+        untuned = [r.get(column.replace(" ms", " untuned_ms")) for r in rows]
+        untuned = [u for u in untuned if u is not None]
+        if untuned:
+            ax.axhline(min(untuned), color="grey", linestyle="--", label="untuned")
+    ax.set_xticks(
+        [i + width * (len(strategies) - 1) / 2 for i in range(len(jobs_values))],
+        [f"{j} jobs" for j in jobs_values],
+    )
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _value(rows: list[dict], column: str, strategy: str, jobs: int) -> float:
+    """The row's value for this strategy and job count (0 where there is none)."""
+    found = (r[column] for r in rows if r["strategy"] == strategy and r["jobs"] == jobs)
+    return next((v for v in found if v is not None), 0.0)

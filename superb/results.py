@@ -17,6 +17,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from simpletvm import sqlite
+
 from .outcome import PointOutcome
 
 
@@ -73,6 +75,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "0002_tuned_std",
         ["ALTER TABLE job_results ADD COLUMN tuned_std_ms REAL"],
     ),
+    (  # the units an event held (cpu slots): NULL in older files, read as 1
+        "0003_event_amount",
+        ["ALTER TABLE events ADD COLUMN amount INTEGER"],
+    ),
 ]
 _CHILD_TABLES = ("job_results", "resources", "events", "convergence")
 _CHUNK = 500
@@ -95,16 +101,9 @@ class ResultsDB:
     def conn(self) -> sqlite3.Connection:
         """One connection per process: never reuse one across fork."""
         if self._conn is None or self._pid != os.getpid():
-            if not self.path.exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000
-            )
+            conn = sqlite.connect(self.path, timeout=self.busy_timeout_ms / 1000)
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            sqlite.use_wal(conn)
             conn.execute("PRAGMA foreign_keys = ON")
             self._conn, self._pid = conn, os.getpid()
         return self._conn
@@ -115,38 +114,12 @@ class ResultsDB:
         self._conn = None
 
     def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = work(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+        with sqlite.immediate(self.conn) as conn:
+            return work(conn)
 
     def migrate(self) -> list[str]:
         """Apply the migrations this file lacks; returns their names."""
-
-        def apply(conn: sqlite3.Connection) -> list[str]:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS migrations "
-                "(name TEXT PRIMARY KEY, applied REAL NOT NULL)"
-            )
-            done = {r["name"] for r in conn.execute("SELECT name FROM migrations")}
-            applied = []
-            for name, statements in MIGRATIONS:
-                if name in done:
-                    continue
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO migrations (name, applied) VALUES (?, julianday())", (name,)
-                )
-                applied.append(name)
-            return applied
-
-        return self._write(apply)
+        return sqlite.migrate(self.conn, MIGRATIONS)
 
     def migrations(self) -> list[str]:
         return [r["name"] for r in self.conn.execute("SELECT name FROM migrations ORDER BY name")]
@@ -282,69 +255,10 @@ class ResultsDB:
         status = PointStatus.FAILED if error else PointStatus.DONE
 
         def record(conn: sqlite3.Connection) -> PointStatus:
-            updated = conn.execute(
-                "UPDATE points SET status = ?, error = ?, finished = ?, wall_s = ?, "
-                "tuning_s = ?, makespan_s = ?, trials = ?, stage_seconds = ?, detail = ?, "
-                "owner_pid = NULL, owner_started = NULL "
-                "WHERE key = ? AND status = ? AND owner_pid = ? AND owner_started = ?",
-                (
-                    status.value,
-                    error,
-                    now,
-                    outcome.wall_s,
-                    outcome.tuning_s,
-                    outcome.makespan_s,
-                    outcome.trials,
-                    json.dumps(outcome.stage_seconds),
-                    json.dumps(outcome.detail, default=str),
-                    key,
-                    PointStatus.RUNNING.value,
-                    *owner,
-                ),
-            ).rowcount
-            if updated != 1:
-                raise LostClaimError(f"point {key} is no longer claimed by this process")
+            _update_point(conn, key, owner, status, error, outcome, now)
             for table in _CHILD_TABLES:
                 conn.execute(f"DELETE FROM {table} WHERE point_key = ?", (key,))
-            conn.executemany(
-                "INSERT INTO job_results (point_key, job_index, model, status, error, "
-                "tuned_ms, untuned_ms, onnxruntime_ms, trials, tuning_s, stage_seconds, "
-                "tuned_std_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        key,
-                        j.index,
-                        j.model,
-                        j.status,
-                        j.error,
-                        j.tuned_ms,
-                        j.untuned_ms,
-                        j.onnxruntime_ms,
-                        j.trials,
-                        j.tuning_s,
-                        json.dumps(j.stage_seconds),
-                        j.tuned_std_ms,
-                    )
-                    for j in outcome.jobs
-                ],
-            )
-            conn.executemany(
-                "INSERT INTO resources (point_key, resource, busy, idle) VALUES (?, ?, ?, ?)",
-                [
-                    (key, name, use.get("busy"), use.get("idle"))
-                    for name, use in outcome.resources.items()
-                ],
-            )
-            conn.executemany(
-                "INSERT INTO events (point_key, job_index, kind, resource, start, end) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(key, e.job_index, e.kind, e.resource, e.start, e.end) for e in outcome.events],
-            )
-            conn.executemany(
-                "INSERT INTO convergence (point_key, job_index, trials, seconds, best_ms) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(key, c.job_index, c.trials, c.seconds, c.best_ms) for c in outcome.convergence],
-            )
+            _insert_measurements(conn, key, outcome)
             return status
 
         return self._write(record)
@@ -412,6 +326,69 @@ class ResultsDB:
             chunk = keys[start : start + _CHUNK]
             rows.extend(self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk))
         return rows
+
+
+def _update_point(
+    conn: sqlite3.Connection,
+    key: str,
+    owner: tuple[int, float],
+    status: PointStatus,
+    error: str | None,
+    outcome: PointOutcome,
+    now: float,
+) -> None:
+    """The point's own row, only while ``owner`` still holds its claim."""
+    updated = conn.execute(
+        "UPDATE points SET status = ?, error = ?, finished = ?, wall_s = ?, "
+        "tuning_s = ?, makespan_s = ?, trials = ?, stage_seconds = ?, detail = ?, "
+        "owner_pid = NULL, owner_started = NULL "
+        "WHERE key = ? AND status = ? AND owner_pid = ? AND owner_started = ?",
+        (
+            status.value,
+            error,
+            now,
+            outcome.wall_s,
+            outcome.tuning_s,
+            outcome.makespan_s,
+            outcome.trials,
+            json.dumps(outcome.stage_seconds),
+            json.dumps(outcome.detail, default=str),
+            key,
+            PointStatus.RUNNING.value,
+            *owner,
+        ),
+    ).rowcount
+    if updated != 1:
+        raise LostClaimError(f"point {key} is no longer claimed by this process")
+
+
+def _insert_measurements(conn: sqlite3.Connection, key: str, outcome: PointOutcome) -> None:
+    """The point's jobs, resources, events and convergence."""
+    conn.executemany(
+        "INSERT INTO job_results (point_key, job_index, model, status, error, tuned_ms, "
+        "untuned_ms, onnxruntime_ms, trials, tuning_s, stage_seconds, tuned_std_ms) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (key, j.index, j.model, j.status, j.error, j.tuned_ms, j.untuned_ms,
+             j.onnxruntime_ms, j.trials, j.tuning_s, json.dumps(j.stage_seconds),
+             j.tuned_std_ms)
+            for j in outcome.jobs
+        ],
+    )  # fmt: skip
+    conn.executemany(
+        "INSERT INTO resources (point_key, resource, busy, idle) VALUES (?, ?, ?, ?)",
+        [(key, name, use.get("busy"), use.get("idle")) for name, use in outcome.resources.items()],
+    )
+    conn.executemany(
+        "INSERT INTO events (point_key, job_index, kind, resource, start, end, amount) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(key, e.job_index, e.kind, e.resource, e.start, e.end, e.amount) for e in outcome.events],
+    )
+    conn.executemany(
+        "INSERT INTO convergence (point_key, job_index, trials, seconds, best_ms) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(key, c.job_index, c.trials, c.seconds, c.best_ms) for c in outcome.convergence],
+    )
 
 
 def _decode(row: sqlite3.Row, *json_columns: str) -> dict:

@@ -171,46 +171,20 @@ class Runner:
         owner: tuple[int, float],
         summary: RunSummary,
     ) -> None:
-        self.work_root.mkdir(parents=True, exist_ok=True)
-        work_dir = Path(tempfile.mkdtemp(prefix=f"{point.key}-", dir=self.work_root))
-        claimed, previous = self.db.claim(
-            point.key,
-            run_id=run_id,
-            owner=owner,
-            work_dir=str(work_dir),
-            now=self.clock(),
-            retry_failed=self.retry_failed,
-            owner_alive=owner_alive,
-        )
-        if not claimed:
-            shutil.rmtree(work_dir, ignore_errors=True)
+        """Claim, run and record one point (or leave it, if another process holds it)."""
+        work_dir = self._claim(point, run_id, owner)
+        if work_dir is None:
             summary.busy_elsewhere += 1
             return
-        if previous:  # an earlier attempt died mid-point: stop what it left running
-            stop_leftover_daemon(previous)
-            shutil.rmtree(previous, ignore_errors=True)
         self.reporter.point_started(point, number)
         started = time.perf_counter()
-        error: str | None = None
         try:
-            outcome = self.executors[point.kind](
-                point,
-                work_dir,
-                progress=self.reporter.point_progress,
-                should_stop=lambda: self.stop_requested,
-            )
+            outcome, error = self._execute(point, work_dir)
         except (Interrupted, KeyboardInterrupt):
             self.db.release(point.key, owner=owner)
             shutil.rmtree(work_dir, ignore_errors=True)
             summary.interrupted = True
             return
-        except PointFailed as failed:
-            error = str(failed) or "failed"
-            outcome = failed.outcome or PointOutcome()
-        except Exception as exc:  # noqa: BLE001 - a failed point is a result, not a crash
-            error = f"{type(exc).__name__}: {exc}"
-            (work_dir / "superb-error.log").write_text(traceback.format_exc())
-            outcome = PointOutcome()
         seconds = time.perf_counter() - started
         if outcome.wall_s is None:
             outcome.wall_s = seconds
@@ -225,6 +199,47 @@ class Runner:
             summary.failed += 1
             summary.failures.append((point.label(), error or ""))
         self.reporter.point_finished(point, status, seconds, error)
+
+    def _claim(self, point: RunPoint, run_id: int, owner: tuple[int, float]) -> Path | None:
+        """The point's new work dir once claimed; None if another live process holds it.
+        What a dead earlier attempt left (a daemon, a work dir) is cleared away."""
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        work_dir = Path(tempfile.mkdtemp(prefix=f"{point.key}-", dir=self.work_root))
+        claimed, previous = self.db.claim(
+            point.key,
+            run_id=run_id,
+            owner=owner,
+            work_dir=str(work_dir),
+            now=self.clock(),
+            retry_failed=self.retry_failed,
+            owner_alive=owner_alive,
+        )
+        if not claimed:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            return None
+        if previous:  # an earlier attempt died mid-point: stop what it left running
+            stop_leftover_daemon(previous)
+            shutil.rmtree(previous, ignore_errors=True)
+        return work_dir
+
+    def _execute(self, point: RunPoint, work_dir: Path) -> tuple[PointOutcome, str | None]:
+        """The point's outcome and its error (None when it succeeded); a failed point is a
+        result, not a crash. Raises Interrupted when the user stops the run."""
+        try:
+            outcome = self.executors[point.kind](
+                point,
+                work_dir,
+                progress=self.reporter.point_progress,
+                should_stop=lambda: self.stop_requested,
+            )
+            return outcome, None
+        except PointFailed as failed:
+            return failed.outcome or PointOutcome(), str(failed) or "failed"
+        except (Interrupted, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed point is a result, not a crash
+            (work_dir / "superb-error.log").write_text(traceback.format_exc())
+            return PointOutcome(), f"{type(exc).__name__}: {exc}"
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         """SIGINT/SIGTERM set a flag; a second SIGINT interrupts at once."""

@@ -7,65 +7,51 @@ utilisation and makespan of exactly this batch.
 
 from __future__ import annotations
 
-import json
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from . import schedapi
+from tvmsched import api
+from tvmsched.models import JobRecord, JobState, StageRow, Usage
+
 from .direct import Interrupted, ProgressFn, StopFn, kill_tree, model_path
 from .matrix import RunPoint
 from .outcome import Event, PointFailed, PointOutcome, job_outcome
 from .timeline import stage_seconds
 
 SCHED_DB = "sched.db"
-TERMINAL = {"done", "failed", "cancelled"}
 WAIT_SLICE_S = 1.0
 STOP_TIMEOUT_S = 30.0
 
 
-def _text(value: Any) -> str:
-    return str(value.value if isinstance(value, Enum) else value)
-
-
-def stop_daemon(api, db: str, pid: int | None = None) -> None:
+def stop_daemon(db: str, pid: int | None = None) -> None:
     """Stop a point's daemon; if it will not stop in time, kill it and its runners."""
     try:
         api.stop_daemon(db, timeout=STOP_TIMEOUT_S)
         return
-    except Exception:  # noqa: BLE001 - not running, or stuck: check below
+    except api.DaemonError:  # not running, or stuck: check below
         pass
-    try:
-        pid = pid or api.daemon_pid(db)
-    except Exception:  # noqa: BLE001 - no pid file: nothing left to stop
-        return
+    pid = pid or api.daemon_pid(db)
     if pid and pid > 0:
         kill_tree(pid)
 
 
 def stop_leftover_daemon(work_dir: str | Path | None) -> None:
     """Stop the daemon of an attempt whose superb process died (best effort)."""
-    if not work_dir or not (Path(work_dir) / SCHED_DB).exists():
-        return
-    try:
-        api = schedapi.module("api")
-    except schedapi.SchedUnavailable:
-        return
-    stop_daemon(api, str(Path(work_dir) / SCHED_DB))
+    if work_dir and (Path(work_dir) / SCHED_DB).exists():
+        stop_daemon(str(Path(work_dir) / SCHED_DB))
 
 
 def run_sched_point(
     point: RunPoint, work_dir: Path, *, progress: ProgressFn, should_stop: StopFn
 ) -> PointOutcome:
-    api = schedapi.module("api")
     db = str(work_dir / SCHED_DB)
     started = time.perf_counter()
     progress(None, f"starting a sched daemon ({point.strategy})")
     pid = api.start_daemon(db, strategy=point.strategy)
     try:
         ids = [api.submit(db, **_submission(point, index, work_dir)) for index in range(point.jobs)]
-        _wait_all(api, db, ids, point, progress=progress, should_stop=should_stop, started=started)
+        _wait_all(db, ids, point, progress=progress, should_stop=should_stop, started=started)
         return collect(
             point,
             api.jobs(db),
@@ -76,31 +62,25 @@ def run_sched_point(
             wall_s=time.perf_counter() - started,
         )
     finally:
-        stop_daemon(api, db, pid)
+        stop_daemon(db, pid)
 
 
 def _submission(point: RunPoint, index: int, work_dir: Path) -> dict[str, Any]:
-    label = point.job_labels()[index]
-    args: dict[str, Any] = {
-        "target": point.target,
-        "trials": point.trials,
-        "per_round": point.per_round,
-        "seed": point.seed + index,
-        "name": f"{point.experiment}-{index}-{label}",
-    }
+    """``api.submit``'s arguments for job ``index``: a JobSpec, or a MockJob spec."""
+    args: dict[str, Any] = {"name": f"{point.experiment}-{index}-{point.job_labels()[index]}"}
     if point.mock is not None:
         args["mock"] = point.mock
     else:
-        if point.options:
-            args["options"] = dict(point.options)
-        args["model"] = model_path(point.models[index], work_dir)
-        args["output"] = str(work_dir / f"job{index}.so")
-        args["tuning_db"] = str(work_dir / f"job{index}.tuning.db")
+        args["job"] = point.job_spec(
+            index,
+            model_path(point.models[index], work_dir),
+            output=str(work_dir / f"job{index}.so"),
+            tuning_db=str(work_dir / f"job{index}.tuning.db"),
+        )
     return args
 
 
 def _wait_all(
-    api,
     db: str,
     ids: list[int],
     point: RunPoint,
@@ -116,24 +96,17 @@ def _wait_all(
         if point.timeout and elapsed > point.timeout:
             raise PointFailed(f"timeout: the point ran longer than {point.timeout:g} s")
         try:
-            states = api.wait(db, ids, timeout=WAIT_SLICE_S)
-        except TimeoutError:
-            states = {}
-        states = {int(k): _text(v) for k, v in (states or {}).items()}
-        if all(states.get(i) in TERMINAL for i in ids):
+            api.wait(db, ids, timeout=WAIT_SLICE_S)
             return
-        progress(*_progress_of(api.jobs(db), ids))
+        except TimeoutError:
+            progress(*_progress_of(api.jobs(db), ids))
 
 
-def _progress_of(jobs: list[dict], ids: list[int]) -> tuple[float | None, str]:
-    done = total = finished = 0
-    for job in jobs:
-        if job.get("id") not in ids:
-            continue
-        info = job.get("progress") or {}
-        done += int(info.get("trials_done") or 0)
-        total += int(info.get("trials_total") or 0)
-        finished += _text(job.get("state")) in TERMINAL
+def _progress_of(jobs: list[JobRecord], ids: list[int]) -> tuple[float | None, str]:
+    mine = [job for job in jobs if job["id"] in ids]
+    done = sum(job["progress"].get("trials_done") or 0 for job in mine)
+    total = sum(job["progress"].get("trials_total") or 0 for job in mine)
+    finished = sum(job["state"].terminal for job in mine)
     fraction = done / total if total else None
     return fraction, f"{finished}/{len(ids)} jobs finished, {done}/{total} trials"
 
@@ -142,77 +115,66 @@ def _progress_of(jobs: list[dict], ids: list[int]) -> tuple[float | None, str]:
 _LATENCIES = ("tuned_ms", "tuned", "untuned_ms", "onnxruntime_ms", "convergence")
 
 
-def _result(job: dict) -> dict:
-    result = job.get("result") or {}
-    if isinstance(result, str):
-        try:
-            result = json.loads(result)
-        except ValueError:
-            result = {}
-    return result if isinstance(result, dict) else {}
-
-
 def collect(
     point: RunPoint,
-    jobs: list[dict],
-    events: list[dict],
-    resources: dict,
-    makespan_s: float | None,
+    jobs: list[JobRecord],
+    rows: list[StageRow],
+    usage: dict[str, Usage],
+    makespan_s: float,
     ids: list[int],
     *,
     wall_s: float,
 ) -> PointOutcome:
-    """Turn sched's jobs, events and utilisation into the point's outcome."""
+    """Turn sched's jobs, stage rows and utilisation into the point's outcome."""
     index_of = {job_id: index for index, job_id in enumerate(ids)}
-    labels = point.job_labels()
-    origin = min((e["start"] for e in events if e.get("start") is not None), default=0.0)
-    timeline = [
-        Event(
-            index_of[e["job_id"]],
-            _text(e.get("kind") or e.get("stage")),
-            str(e["resource"]),
-            e["start"] - origin,
-            e["end"] - origin,
-        )
-        for e in events
-        if e.get("job_id") in index_of and e.get("start") is not None and e.get("end") is not None
-    ]
+    timeline = _timeline(rows, index_of)
     outcome = PointOutcome(
         wall_s=wall_s,
         makespan_s=makespan_s,
+        tuning_s=makespan_s,
         events=timeline,
-        resources={
-            str(name): {"busy": float(use.get("busy", 0.0)), "idle": float(use.get("idle", 0.0))}
-            for name, use in (resources or {}).items()
-        },
+        resources={name: {"busy": use["busy"], "idle": use["idle"]} for name, use in usage.items()},
     )
     failures = []
-    synthetic = point.mock is not None  # a MockJob's latencies are made up: never stored
-    for job in sorted((j for j in jobs if j.get("id") in index_of), key=lambda j: j["id"]):
+    for job in sorted((j for j in jobs if j["id"] in index_of), key=lambda j: j["id"]):
         index = index_of[job["id"]]
-        result = _result(job)
-        if synthetic:
-            result = {k: v for k, v in result.items() if k not in _LATENCIES}
-        state = _text(job.get("state") or job.get("status") or "unknown")
-        one, convergence = job_outcome(
-            index,
-            labels[index],
-            result,
-            point.baselines,
-            status=state,
-            error=job.get("error"),
-            stage_seconds=stage_seconds(timeline, index),
-        )
+        one, convergence = _job(point, index, job, stage_seconds(timeline, index))
         outcome.jobs.append(one)
         outcome.convergence += convergence
-        if state != "done":
+        if job["state"] is not JobState.DONE:
             failures.append(
-                f"job {index} ({labels[index]}) {state}: {job.get('error') or 'no error given'}"
+                f"job {index} ({one.model}) {job['state']}: {job['error'] or 'no error given'}"
             )
-    outcome.tuning_s = makespan_s
     outcome.summarise_jobs()
     if len(outcome.jobs) != len(ids):
         failures.append(f"sched reported {len(outcome.jobs)} of {len(ids)} jobs")
     if failures:
         raise PointFailed("; ".join(failures), outcome)
     return outcome
+
+
+def _timeline(rows: list[StageRow], index_of: dict[int, int]) -> list[Event]:
+    """The point's stage rows as events, in seconds since its first stage started."""
+    origin = min((r["start"] for r in rows), default=0.0)
+    return [
+        Event(index_of[r["job_id"]], r["stage"], r["resource"], r["start"] - origin,
+              r["end"] - origin, r["amount"])
+        for r in rows
+        if r["job_id"] in index_of
+    ]  # fmt: skip
+
+
+def _job(point: RunPoint, index: int, job: JobRecord, stages: dict[str, float]):
+    """One job's outcome and convergence; a MockJob's latencies are made up: never kept."""
+    result: dict[str, Any] = job["result"] or {}
+    if point.mock is not None:
+        result = {k: v for k, v in result.items() if k not in _LATENCIES}
+    return job_outcome(
+        index,
+        point.job_labels()[index],
+        result,
+        point.baselines,
+        status=job["state"].value,
+        error=job["error"],
+        stage_seconds=stages,
+    )

@@ -11,10 +11,15 @@ import difflib
 import math
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import SuperbError, schedapi
+from simpletvm.errors import UserInputError
+from simpletvm.options import TuningOptions
+from tvmsched.jobs import check_tuning_options
+
+from . import SuperbError
 from .mockspec import mock_problem, parse_mock
 from .spec import Baseline, BenchmarkFile, Experiment, ModelRef, SchemaError, Strategy
 from .tomlpos import find_line, line_of_syntax_error
@@ -242,74 +247,19 @@ class _Validator:
             )
         what = f"experiment '{name}'"
         self.unknown_keys(raw, EXPERIMENT_KEYS, what, "experiment", index)
-        # An experiment that names its workload replaces both workload keys of [defaults].
-        inherited = {
-            k: v
-            for k, v in defaults.items()
-            if not (k in ("models", "mock") and ("models" in raw or "mock" in raw))
-        }
-        merged = {**BUILTIN_DEFAULTS, **inherited, **raw}
-
-        def where(key: str) -> tuple[str, str | None, int]:
-            return ("experiment", key, index) if key in raw else ("defaults", key, 0)
-
-        def axis(key: str, kind: type, check, need: str) -> tuple:
-            value = merged[key]
-            values = value if isinstance(value, list) else [value]
-            if isinstance(value, list) and not value:
-                raise self.fail(
-                    f"{what}: key '{key}' is an empty list, so the matrix is "
-                    "empty; give at least one value",
-                    *where(key),
-                )
-            for item in values:
-                ok = _is_int(item) if kind is int else isinstance(item, kind)
-                if not ok or not check(item):
-                    raise self.fail(
-                        f"{what}: key '{key}' must be {need} (or a list of them), got {item!r}",
-                        *where(key),
-                    )
-            return tuple(values)
-
-        positive = (int, lambda v: v > 0, "a positive integer")
-        target = axis("target", str, bool, "a non-empty target name such as 'llvm'")
-        trials = axis("trials", *positive)
-        per_round = axis("per_round", *positive)
-        jobs = axis("jobs", *positive)
-        seed = axis("seed", int, lambda v: v >= 0, "a non-negative integer")
-        strategies = axis(
+        keys = _Keys(self, what, index, raw, _merged(raw, defaults))
+        target = keys.axis("target", str, bool, "a non-empty target name such as 'llvm'")
+        trials, per_round, seed = (keys.tuning_axis(k) for k in ("trials", "per_round", "seed"))
+        jobs = keys.axis("jobs", int, lambda v: v > 0, "a positive integer")
+        strategies = keys.axis(
             "strategy",
             str,
             lambda v: v in {s.value for s in Strategy},
             f"one of {', '.join(s.value for s in Strategy)}",
         )
-        repeats = merged["repeats"]
-        if not _is_int(repeats) or repeats <= 0:
-            raise self.fail(
-                f"{what}: key 'repeats' must be a positive integer, got {repeats!r}",
-                *where("repeats"),
-            )
-        baselines = merged["baselines"]
-        allowed = {b.value for b in Baseline}
-        if not isinstance(baselines, list) or any(b not in allowed for b in baselines):
-            raise self.fail(
-                f"{what}: key 'baselines' must be a list drawn from "
-                f"{', '.join(sorted(allowed))}, got {baselines!r}",
-                *where("baselines"),
-            )
-        timeout = merged["timeout"]
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or timeout <= 0
-        ):
-            raise self.fail(
-                f"{what}: key 'timeout' must be a positive number of seconds, got {timeout!r}",
-                *where("timeout"),
-            )
-        mixes, mocks = self.workload(what, merged, where, models)
-        options = self.options(what, merged["options"], bool(mocks), where)
+        repeats, baselines, timeout = keys.repeats(), keys.baselines(), keys.timeout()
+        mixes, mocks = self.workload(what, keys.merged, keys.where, models)
+        options = self.options(what, keys.merged["options"], bool(mocks), keys.where)
         return Experiment(
             name=name,
             description=str(raw.get("description", "")),
@@ -322,8 +272,8 @@ class _Validator:
             jobs=jobs,
             repeats=repeats,
             seed=seed,
-            baselines=tuple(Baseline(b) for b in baselines),
-            timeout=float(timeout) if timeout is not None else None,
+            baselines=baselines,
+            timeout=timeout,
             options=options,
         )
 
@@ -344,8 +294,8 @@ class _Validator:
                 *where("options"),
             )
         try:
-            checked = schedapi.module("jobs").check_tuning_options(value)
-        except (schedapi.SchedUnavailable, ValueError) as exc:
+            checked = check_tuning_options(value)
+        except ValueError as exc:
             raise self.fail(f"{what}: key 'options': {exc}", *where("options")) from None
         return tuple(sorted(checked.items()))
 
@@ -415,6 +365,96 @@ class _Validator:
             f"existing file ({path})",
             *where("models"),
         )
+
+
+def _merged(raw: dict, defaults: dict) -> dict:
+    """Built-in defaults, under [defaults], under the experiment's own keys. An experiment
+    that names its workload replaces both workload keys of [defaults]."""
+    inherited = {
+        k: v
+        for k, v in defaults.items()
+        if not (k in ("models", "mock") and ("models" in raw or "mock" in raw))
+    }
+    return {**BUILTIN_DEFAULTS, **inherited, **raw}
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """One experiment's merged keys, checked one by one; an error names the key and the
+    line where it is written (the experiment's, or [defaults]'s when inherited)."""
+
+    validator: _Validator
+    what: str
+    index: int
+    raw: dict
+    merged: dict
+
+    def where(self, key: str) -> tuple[str, str | None, int]:
+        return ("experiment", key, self.index) if key in self.raw else ("defaults", key, 0)
+
+    def fail(self, key: str, message: str) -> SchemaError:
+        return self.validator.fail(f"{self.what}: {message}", *self.where(key))
+
+    def values(self, key: str) -> tuple:
+        """An axis's values: a value or a non-empty list of them."""
+        value = self.merged[key]
+        if isinstance(value, list) and not value:
+            raise self.fail(
+                key,
+                f"key '{key}' is an empty list, so the matrix is empty; give at least one value",
+            )
+        return tuple(value) if isinstance(value, list) else (value,)
+
+    def axis(self, key: str, kind: type, check, need: str) -> tuple:
+        values = self.values(key)
+        for item in values:
+            ok = _is_int(item) if kind is int else isinstance(item, kind)
+            if not ok or not check(item):
+                raise self.fail(
+                    key, f"key '{key}' must be {need} (or a list of them), got {item!r}"
+                )
+        return values
+
+    def tuning_axis(self, key: str) -> tuple:
+        """An axis of a tuning option (trials, per_round, seed), by the engine's rules and
+        in the engine's words (``TuningOptions.validate``)."""
+        values = self.values(key)
+        for value in values:
+            try:
+                TuningOptions(**{key: value}).validate()
+            except UserInputError as exc:
+                raise self.fail(key, f"key '{key}': {exc}") from None
+        return values
+
+    def repeats(self) -> int:
+        repeats = self.merged["repeats"]
+        if not _is_int(repeats) or repeats <= 0:
+            raise self.fail("repeats", f"key 'repeats' must be a positive integer, got {repeats!r}")
+        return repeats
+
+    def baselines(self) -> tuple[Baseline, ...]:
+        baselines = self.merged["baselines"]
+        allowed = {b.value for b in Baseline}
+        if not isinstance(baselines, list) or any(b not in allowed for b in baselines):
+            raise self.fail(
+                "baselines",
+                f"key 'baselines' must be a list drawn from {', '.join(sorted(allowed))}, "
+                f"got {baselines!r}",
+            )
+        return tuple(Baseline(b) for b in baselines)
+
+    def timeout(self) -> float | None:
+        timeout = self.merged["timeout"]
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise self.fail(
+                "timeout", f"key 'timeout' must be a positive number of seconds, got {timeout!r}"
+            )
+        return float(timeout) if timeout is not None else None
 
 
 def _is_int(value: Any) -> bool:

@@ -1,46 +1,40 @@
-"""Figures derived from a timeline of stage events: busy/idle fractions, stage totals."""
+"""Figures derived from a timeline of stage events: busy/idle fractions, stage totals.
+
+The makespan and the utilisation are sched's (``tvmsched.analysis``): one definition.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Mapping
+
+from tvmsched import analysis
 
 from .outcome import Event
 
 
-def union_length(intervals: Iterable[tuple[float, float]]) -> float:
-    total, current_start, current_end = 0.0, None, None
-    for start, end in sorted(intervals):
-        if current_end is None or start > current_end:
-            if current_end is not None:
-                total += current_end - current_start
-            current_start, current_end = start, end
-        else:
-            current_end = max(current_end, end)
-    if current_end is not None:
-        total += current_end - current_start
-    return total
+def rows(events: list[Event]) -> list[dict]:
+    """The events as sched's interval rows (``tvmsched.analysis.resource_intervals``)."""
+    return [
+        {"job_id": e.job_index, "stage": e.kind, "resource": e.resource, "amount": e.amount,
+         "start": e.start, "end": e.end}
+        for e in events
+    ]  # fmt: skip
 
 
 def makespan(events: list[Event]) -> float:
-    if not events:
-        return 0.0
-    return max(e.end for e in events) - min(e.start for e in events)
+    return analysis.makespan(rows(events))
 
 
-def utilisation(events: list[Event]) -> dict[str, dict[str, float]]:
-    """Each resource's busy and idle fraction of the makespan (time it was held at all)."""
-    span = makespan(events)
-    if span <= 0:
-        return {}
-    by_resource: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for event in events:
-        by_resource[event.resource].append((event.start, event.end))
-    result = {}
-    for resource, intervals in sorted(by_resource.items()):
-        busy = min(1.0, union_length(intervals) / span)
-        result[resource] = {"busy": busy, "idle": 1.0 - busy}
-    return result
+def utilisation(events: list[Event], capacities: Mapping[str, int]) -> dict[str, dict]:
+    """Each resource's busy and idle fraction, as sched defines it (capacity-weighted:
+    ``tvmsched.analysis.utilisation``); ``capacities`` default to 1 unit."""
+    held = {e.resource for e in events}
+    units = {name: capacities.get(name, 1) for name in sorted(held)}
+    return {
+        name: {"busy": use["busy"], "idle": use["idle"]}
+        for name, use in analysis.utilisation(rows(events), units).items()
+    }
 
 
 def stage_seconds(events: list[Event], job_index: int | None = None) -> dict[str, float]:

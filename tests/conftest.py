@@ -9,6 +9,8 @@ import pytest
 
 from simpletvm.samples import write_sample
 
+from .tvm_helpers import FAST_SEARCH
+
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory):
@@ -31,17 +33,7 @@ def fast_options():
     from simpletvm.engine import TuningOptions
 
     def make(**overrides):
-        base = dict(
-            trials=8,
-            per_round=4,
-            population_size=32,
-            init_min_unmeasured=8,
-            genetic_num_iters=1,
-            number=1,
-            repeat=1,
-            min_repeat_ms=0,
-            seed=1,
-        )
+        base = dict(trials=8, per_round=4, seed=1, **FAST_SEARCH)
         base.update(overrides)
         return TuningOptions(**base)
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from simpletvm.spec import JobSpec
 from tvmsched import api, render
 from tvmsched.analysis import exclusive_overlaps, resource_intervals
 from tvmsched.cli import main
@@ -22,16 +23,9 @@ from tvmsched.strategies import Snapshot, get_strategy
 
 from .rpc_helpers import free_port, start_server, start_tracker, stop
 from .sched_helpers import wait_for
+from .tvm_helpers import FAST_SEARCH
 
-# tiny searches: the shrunk EvolutionarySearch of docs/tvm-facts.md, one timing per candidate
-FAST = {
-    "population_size": 32,
-    "init_min_unmeasured": 8,
-    "genetic_num_iters": 1,
-    "number": 1,
-    "repeat": 1,
-    "min_repeat_ms": 0,
-}
+FAST = FAST_SEARCH
 LOCAL = ["cpu=2", "cpu-device=1"]
 
 
@@ -85,7 +79,7 @@ def test_device_add_list_remove(capsys, db):
         (["device", "remove", "nope"], "no remote device named 'nope'"),
         (["submit", "m.onnx", "--device-kind", "a/b"], "device kind 'a/b'"),
         (["submit", "m.onnx", "--sla-ms", "1", "--deadline", "soon"], "is not like 90s"),
-        (["submit", "m.onnx", "--option", "population_size"], "is not NAME=NUMBER"),
+        (["submit", "m.onnx", "--option", "population_size"], "is not NAME=VALUE"),
     ],
 )
 def test_bad_device_and_sla_input_is_one_error_line(capsys, db, tiny_model, args, message):
@@ -311,8 +305,8 @@ def test_sla_job_status_shows_target_latency_and_trend(db, tiny_model, capsys):
                          *options)  # fmt: skip
     assert code == 0, err
     job = json.loads(out)["id"]
-    spec = api.job(db, job)["spec"]
-    assert (spec["sla_ms"], spec["trials"], spec["deadline_seconds"]) == (1000.0, 8, 600.0)
+    spec = JobSpec.from_json(api.job(db, job)["spec"]["job"]).options
+    assert (spec.sla_ms, spec.trials, spec.deadline_seconds) == (1000.0, 8, 600.0)
     assert api.wait(db, job, timeout=180) == {job: "done"}, api.job(db, job)["error"]
     result = api.job(db, job)["result"]
     assert result["trials"] == 0 and result["sla_met"] and result["stop_reason"] == "sla met"
@@ -332,8 +326,8 @@ def test_split_queues_a_parent_after_its_sub_jobs(db, tiny_model):
     jobs = {j["id"]: j for j in api.jobs(db)}
     children = [j for j in jobs.values() if j["parent_id"] == parent]
     assert [c["spec"]["task_split"] for c in children] == [[0, 3], [1, 3], [2, 3]]
-    assert [c["spec"]["trials"] for c in children] == [3, 3, 3]
-    assert jobs[parent]["spec"]["trials"] == 0
+    assert [JobSpec.from_json(c["spec"]["job"]).options.trials for c in children] == [3, 3, 3]
+    assert JobSpec.from_json(jobs[parent]["spec"]["job"]).options.trials == 0
     assert jobs[parent]["wait_reason"] == "waiting for its 3 sub-jobs to finish"
     registry = Registry(db)
     assert [j["id"] for j in registry.queued_jobs(10)] == [c["id"] for c in children]

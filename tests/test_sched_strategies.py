@@ -104,6 +104,7 @@ def test_resource_parsing_and_detection():
             parse_resource(bad)
     assert device_kind_for_target("llvm") == "cpu-device"
     assert device_kind_for_target('{"kind": "cuda"}') == "gpu"
+    assert device_kind_for_target("nvidia/nvidia-a100") == "gpu"  # a TVM tag, no GPU needed
 
 
 WORKLOAD = [

@@ -117,7 +117,7 @@ def test_validate(cli, bench_file):
 
 def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[[experiment]]\nname = "x"\nmock = "rounds=1"\ntrials = 0\n')
+    bad.write_text('[[experiment]]\nname = "x"\nmock = "rounds=1"\ntrials = -1\n')
     for args in (
         ["validate", str(bad)],
         ["run", str(bad)],

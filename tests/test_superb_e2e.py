@@ -1,7 +1,6 @@
 """End to end: MockJob points through real private sched daemons, and a tiny real-TVM point.
 
-The sched tests skip only when ``sched.api`` cannot be imported; the TVM test skips only
-when ``simpletvm.engine`` cannot.
+The TVM test skips only when ``simpletvm.engine`` cannot be imported.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from superb import schedapi
 from superb.direct import run_direct_point
 from superb.matrix import expand_all
 from superb.outcome import PointFailed
@@ -28,10 +26,6 @@ from superb.runner import Runner
 from superb.schema import ModelRef, parse
 
 SUPERB = [sys.executable, "-m", "superb.cli"]
-needs_sched = pytest.mark.skipif(
-    not schedapi.available(),
-    reason="sched.api cannot be imported: mock and multi-job points need the sched package",
-)
 MOCK = """
 [[experiment]]
 name = "mock"
@@ -49,7 +43,6 @@ def run_cli(*args, cwd: Path, check: bool = True, timeout: float = 180):
 
 
 @pytest.mark.slow
-@needs_sched
 def test_mock_points_end_to_end(tmp_path):
     (tmp_path / "bench.toml").write_text(MOCK)
     run_cli("run", "bench.toml", "--db", "r.db", "--work-dir", "work", cwd=tmp_path)
@@ -78,7 +71,6 @@ def test_mock_points_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-@needs_sched
 def test_kill_mid_run_then_resume(tmp_path):
     (tmp_path / "bench.toml").write_text(MOCK)
     db_path = tmp_path / "r.db"

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simpletvm.options import TuningOptions
 from superb import SuperbError
 from superb.schema import Baseline, SchemaError, Strategy, load, parse, parse_mock
 
@@ -108,7 +109,13 @@ def test_wrong_type():
 
 @pytest.mark.parametrize(
     "key, value",
-    [("trials", "0"), ("per_round", "-4"), ("jobs", "[2, 0]"), ("repeats", "0"), ("timeout", "-1")],
+    [
+        ("trials", "-1"),
+        ("per_round", "-4"),
+        ("jobs", "[2, 0]"),
+        ("repeats", "0"),
+        ("timeout", "-1"),
+    ],
 )
 def test_zero_or_negative_budget(key, value):
     err = error_of(f"""
@@ -287,7 +294,7 @@ def test_bad_mock_spec():
 def test_error_in_defaults_points_at_defaults():
     err = error_of("""
         [defaults]
-        trials = [0]
+        trials = [-1]
 
         [[experiment]]
         name = "a"
@@ -345,15 +352,17 @@ def test_options_reach_every_point_and_only_set_options_change_a_key(tmp_path):
     direct, sched, plain = points
     assert direct.params()["options"] == {"population_size": 32, "search_threads": 2}
     assert "options" not in plain.params()  # keys recorded before options existed hold
-    assert _submission(sched, 1, tmp_path)["options"] == dict(sched.options)
-    assert "options" not in _submission(plain, 0, tmp_path)
+    options = _submission(sched, 1, tmp_path)["job"].options
+    assert (options.population_size, options.search_threads) == (32, 2)
+    plain_options = TuningOptions(trials=64, per_round=16, seed=0)  # superb's built-in axes
+    assert _submission(plain, 0, tmp_path)["job"].options == plain_options
 
 
 @pytest.mark.parametrize(
     "options, words",
     [
         ("{ bogus = 1 }", "unknown tuning option 'bogus'"),
-        ("{ population_size = -1 }", "must be a number >= 0"),
+        ("{ population_size = -1 }", "population-size must be >= 1, got -1"),
         ("3", "must be a table"),
     ],
 )

@@ -1,8 +1,44 @@
-"""Real TVM objects from the tiny sample, for tests of the builder and the database."""
+"""Real TVM objects from the tiny sample, a model with a dynamic input, and the shrunk
+search every real-TVM test uses."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+# The shrunk EvolutionarySearch (docs/tvm-facts.md: 0.6 s per round instead of 20 s) and
+# one timing per candidate: TuningOptions fields, for tests that tune for real.
+FAST_SEARCH = {
+    "population_size": 32,
+    "init_min_unmeasured": 8,
+    "genetic_num_iters": 1,
+    "number": 1,
+    "repeat": 1,
+    "min_repeat_ms": 0,
+}
+
+
+def write_dynamic_model(path: Path, *, features: int = 8) -> Path:
+    """A tiny ONNX model, ``y = relu(x @ w)``, whose input ``x`` has a symbolic batch
+    dimension ``batch``: it needs an input shape (``x=N,features``) to be tuned."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((features, features)).astype(np.float32), "w"
+    )
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "dynamic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", features])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
 
 
 @dataclass

@@ -13,13 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from simpletvm import sqlite
+
 from ..models import (
     EventKind,
+    JobRecord,
     JobState,
     Resource,
     ResourceKind,
 )
-from ..paths import ensure_private_file
 from .schema import MIGRATIONS
 
 BUSY_TIMEOUT_S = 60.0
@@ -34,8 +36,8 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _job_dict(row: sqlite3.Row) -> dict[str, Any]:
-    job = dict(row)
+def _job_dict(row: sqlite3.Row) -> JobRecord:
+    job: Any = dict(row)
     for key in ("spec", "progress", "result"):
         job[key] = json.loads(job[key]) if job[key] else ({} if key != "result" else None)
     job["state"] = JobState(job["state"])
@@ -71,16 +73,11 @@ class RegistryBase:
         return local.conn
 
     def _connect(self) -> sqlite3.Connection:
-        ensure_private_file(self.path)
-        conn = sqlite3.connect(
-            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite.connect(self.path, timeout=self.timeout, check_same_thread=False)
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        conn.execute("PRAGMA synchronous = NORMAL")
         if self._migrated != os.getpid():  # once per process: WAL mode persists in the file
-            conn.execute("PRAGMA journal_mode = WAL")
-            self._migrate(conn)
+            sqlite.use_wal(conn)
+            sqlite.migrate(conn, MIGRATIONS, transaction=lambda: self._write(conn))
             self._migrated = os.getpid()
         return conn
 
@@ -163,33 +160,8 @@ class RegistryBase:
             if use_gate:
                 fcntl.flock(gate_fd, fcntl.LOCK_UN)
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Apply missing migrations; a read first, so a current file costs no write lock."""
-        names = [name for name, _ in MIGRATIONS]
-        try:
-            done = {r[0] for r in conn.execute("SELECT name FROM migrations")}
-        except sqlite3.OperationalError:  # a new file: no migrations table yet
-            done = set()
-        if all(name in done for name in names):
-            return
-        with self._write(conn):
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS migrations "
-                "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-            )
-            done = {r[0] for r in conn.execute("SELECT name FROM migrations")}
-            for index, (name, statements) in enumerate(MIGRATIONS):
-                if name in done:
-                    continue
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO migrations (id, name, applied_at) VALUES (?, ?, ?)",
-                    (index, name, time.time()),
-                )
-
     def migrations(self) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT name FROM migrations ORDER BY id")]
+        return sqlite.applied_migrations(self.conn)
 
     @staticmethod
     def _event(

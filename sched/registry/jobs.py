@@ -10,6 +10,7 @@ from typing import Any
 from ..models import (
     EventKind,
     Fenced,
+    JobRecord,
     JobState,
     LeaseState,
     RequestState,
@@ -87,12 +88,12 @@ class JobsMixin(RegistryBase):
                 children.append(int(child))
         return int(parent), children
 
-    def job(self, job_id: int) -> dict[str, Any] | None:
+    def job(self, job_id: int) -> JobRecord | None:
         row = self.conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         found = row.fetchone()
         return _job_dict(found) if found else None
 
-    def list_jobs(self, *, include_finished: bool = True) -> list[dict[str, Any]]:
+    def list_jobs(self, *, include_finished: bool = True) -> list[JobRecord]:
         where = "" if include_finished else "WHERE state IN ('queued', 'running')"
         rows = self.conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id")
         return [_job_dict(r) for r in rows]

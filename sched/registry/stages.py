@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -331,48 +332,9 @@ class StagesMixin(RegistryBase):
         """
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock
-            row = conn.execute(
-                "SELECT job_id, kind, resources, request_id, started_at,"
-                " paused_s + COALESCE(? - suspended_at, 0) FROM leases"
-                " WHERE epoch = ? AND state = 'active'",
-                (now, epoch),
-            ).fetchone()
-            if row is None:
-                raise Fenced(f"lease {epoch} is no longer active")
-            job_id, kind, resources, request_id, recorded_start, paused = row
-            resources = json.loads(resources)
+            job_id, kind, resources, paused = self._release_done(conn, epoch, started_at, now)
             seconds = max(0.0, seconds - paused)  # time spent suspended is not the stage's
-            start = started_at if started_at is not None else now
-            conn.execute(
-                "UPDATE leases SET state = 'released', released_at = ?,"
-                " started_at = COALESCE(started_at, ?) WHERE epoch = ?",
-                (now, start, epoch),
-            )
-            if recorded_start is None:
-                self._event(conn, start, EventKind.START, job_id, kind, epoch, resources)
-            conn.execute("UPDATE requests SET state = 'done' WHERE id = ?", (request_id,))
-            if resources:  # a remote device that served a stage has no failures pending
-                marks = ",".join("?" * len(resources))
-                conn.execute(
-                    f"UPDATE resources SET failures = 0 WHERE name IN ({marks}) AND failures > 0",
-                    list(resources),
-                )
-            conn.execute(
-                "UPDATE jobs SET stages_done = stages_done + 1, progress = ?,"
-                " best_latency_ms = COALESCE(?, best_latency_ms), stage = NULL,"
-                " wait_reason = NULL WHERE id = ?",
-                (_dumps(progress), progress.get("best_latency_ms"), job_id),
-            )
-            conn.execute(
-                "INSERT INTO stage_stats (job_id, kind, count, seconds) VALUES (?, ?, 1, ?)"
-                " ON CONFLICT(job_id, kind) DO UPDATE SET count = count + 1,"
-                " seconds = seconds + excluded.seconds",
-                (job_id, kind, seconds),
-            )
-            self._event(
-                conn, now, EventKind.END, job_id, kind, epoch, resources, {"seconds": seconds}
-            )
-            self._event(conn, now, EventKind.RELEASE, job_id, kind, epoch, resources)
+            self._record_stage(conn, job_id, kind, epoch, resources, seconds, progress, now)
             if next_stage is None:
                 return None
             attempt = conn.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -380,6 +342,59 @@ class StagesMixin(RegistryBase):
             return self._insert_request(
                 conn, job_id, attempt[0], index, next_kind, needs, info, now
             )
+
+    def _release_done(
+        self, conn: sqlite3.Connection, epoch: int, started_at: float | None, now: float
+    ) -> tuple[int, str, dict[str, int], float]:
+        """Release an active lease whose stage ran (Fenced if it is not active) and mark
+        its request done; returns its job, stage kind, resources and seconds paused."""
+        row = conn.execute(
+            "SELECT job_id, kind, resources, request_id, started_at,"
+            " paused_s + COALESCE(? - suspended_at, 0) FROM leases"
+            " WHERE epoch = ? AND state = 'active'",
+            (now, epoch),
+        ).fetchone()
+        if row is None:
+            raise Fenced(f"lease {epoch} is no longer active")
+        job_id, kind, resources, request_id, recorded_start, paused = row
+        resources = json.loads(resources)
+        start = started_at if started_at is not None else now
+        conn.execute(
+            "UPDATE leases SET state = 'released', released_at = ?,"
+            " started_at = COALESCE(started_at, ?) WHERE epoch = ?",
+            (now, start, epoch),
+        )
+        if recorded_start is None:
+            self._event(conn, start, EventKind.START, job_id, kind, epoch, resources)
+        conn.execute("UPDATE requests SET state = 'done' WHERE id = ?", (request_id,))
+        if resources:  # a remote device that served a stage has no failures pending
+            marks = ",".join("?" * len(resources))
+            conn.execute(
+                f"UPDATE resources SET failures = 0 WHERE name IN ({marks}) AND failures > 0",
+                list(resources),
+            )
+        return job_id, kind, resources, paused
+
+    def _record_stage(
+        self, conn: sqlite3.Connection, job_id: int, kind: str, epoch: int,
+        resources: dict[str, int], seconds: float, progress: dict[str, Any], now: float,
+    ) -> None:  # fmt: skip
+        """The job's progress and stage count, the stage's seconds (for ``predictive``),
+        and its end and release in the event log."""
+        conn.execute(
+            "UPDATE jobs SET stages_done = stages_done + 1, progress = ?,"
+            " best_latency_ms = COALESCE(?, best_latency_ms), stage = NULL,"
+            " wait_reason = NULL WHERE id = ?",
+            (_dumps(progress), progress.get("best_latency_ms"), job_id),
+        )
+        conn.execute(
+            "INSERT INTO stage_stats (job_id, kind, count, seconds) VALUES (?, ?, 1, ?)"
+            " ON CONFLICT(job_id, kind) DO UPDATE SET count = count + 1,"
+            " seconds = seconds + excluded.seconds",
+            (job_id, kind, seconds),
+        )
+        self._event(conn, now, EventKind.END, job_id, kind, epoch, resources, {"seconds": seconds})
+        self._event(conn, now, EventKind.RELEASE, job_id, kind, epoch, resources)
 
     def stale_leases(self, before: float) -> list[dict[str, Any]]:
         """Active, running leases of started stages whose heartbeat is older than ``before``."""
