@@ -594,20 +594,36 @@ class TuningJob:
         self._next = StageKind.COMPILE
 
     def _compile(self) -> None:
-        from .finalize import compile_job
+        from .finalize import compile_models
 
         self._shutdown_workers()  # no candidate is built or measured after this
-        self._compiled = compile_job(self)
+        self._compiled = compile_models(self.relax_mod, self.target, self.apply_database(),
+                                        layout_rewrite=self.layout_rewrite,
+                                        output=self.output, inputs=self.inputs,
+                                        untuned=self.measure_baselines)
         self.executable = self._compiled.tuned
         self._next = StageKind.FINALIZE
 
     def _finalize(self) -> None:
-        from .finalize import finalize_job
+        from .finalize import FINAL_STAGES, sla_summary, time_and_export
 
-        self._result = finalize_job(self, self._compiled)
+        timed = time_and_export(self._compiled, onnx_model=self.onnx_model,
+                                inputs=self.inputs, target=self.target, options=self.options,
+                                baselines=self.measure_baselines)
         self.executable = self._compiled.exported
         self._compiled = None
         self._next = None
+        tuning = sum(v for k, v in self.stage_seconds.items() if k not in FINAL_STAGES)
+        self._result = {
+            **sla_summary(self.options.sla_ms, self.sla_history, timed["tuned_ms"],
+                          self.stop_reason),
+            "model": self.name, "target": self.target.kind, **timed,
+            "trials": sum(t.trials_done for t in self._tasks), "tasks": len(self._tasks),
+            "tasks_kept_default": list(self.kept_default), "coverage": dict(self.coverage),
+            "plan": self.plan.as_dict() if self.plan else None,
+            "stop_reason": self.stop_reason, "served_from_db": dict(self.served),
+            "tuning_seconds": tuning, "stage_seconds": dict(self.stage_seconds),
+            "convergence": list(self.convergence)}
 
     def _shutdown_workers(self) -> None:
         if self.builder is not None:

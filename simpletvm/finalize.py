@@ -11,15 +11,16 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import onnx
 
 from . import bench
 from .check import OutputCheck, OutputMismatchError, compare, module_outputs, reference_outputs
 from .compile import compile_tuned, compile_untuned, export
-from .model import random_inputs
-
-if TYPE_CHECKING:
-    from .engine import TuningJob
+from .model import InputSpec, random_inputs
+from .options import TuningOptions
+from .targets import TargetSpec
 
 FINAL_STAGES = ("compile", "finalize")  # not tuning: tuning_seconds leaves them out
 
@@ -35,42 +36,42 @@ class Compiled:
     exported: Any = None  # the build finalize chose to export
 
 
-def compile_job(job: TuningJob) -> Compiled:
+def compile_models(relax_mod, target: TargetSpec, records, *, layout_rewrite: bool,
+                   output: str | None, inputs: list[InputSpec],
+                   untuned: bool) -> Compiled:
+    """Build the tuned model from ``records`` (and the untuned one), export the tuned."""
     start = time.perf_counter()
-    executable = compile_tuned(job.relax_mod, job.target, job.apply_database(),
-                               layout_rewrite=job.layout_rewrite)
+    executable = compile_tuned(relax_mod, target, records, layout_rewrite=layout_rewrite)
     artifact = None
-    if job.output:
-        artifact = str(export(executable, job.output, target_spec=job.target, inputs=job.inputs))
+    if output:
+        artifact = str(export(executable, output, target_spec=target, inputs=inputs))
     seconds = time.perf_counter() - start
-    untuned = compile_untuned(job.relax_mod, job.target) if job.measure_baselines else None
-    return Compiled(executable, untuned, artifact, seconds)
+    baseline = compile_untuned(relax_mod, target) if untuned else None
+    return Compiled(executable, baseline, artifact, seconds)
 
 
-def finalize_job(job: TuningJob, compiled: Compiled) -> dict[str, Any]:
+def time_and_export(compiled: Compiled, *, onnx_model: onnx.ModelProto,
+                    inputs: list[InputSpec], target: TargetSpec, options: TuningOptions,
+                    baselines: bool) -> dict[str, Any]:
     """Time the builds, export the faster one, and check its outputs against onnxruntime."""
-    feeds = random_inputs(job.inputs, seed=job.options.seed)
-    tuned = bench.bench_tvm(compiled.tuned, job.target.device_type, feeds)
+    feeds = random_inputs(inputs, seed=options.seed)
+    tuned = bench.bench_tvm(compiled.tuned, target.device_type, feeds)
     untuned = ort = None
-    if job.measure_baselines:
-        untuned = bench.bench_tvm(compiled.untuned, job.target.device_type, feeds)
-        ort = bench.bench_onnxruntime(job.onnx_model.SerializeToString(), feeds,
-                                      use_gpu=job.target.is_gpu,
-                                      threads=job.target.config.get("num-cores"))
+    if baselines:
+        untuned = bench.bench_tvm(compiled.untuned, target.device_type, feeds)
+        ort = bench.bench_onnxruntime(onnx_model.SerializeToString(), feeds,
+                                      use_gpu=target.is_gpu,
+                                      threads=target.config.get("num-cores"))
     exported, compiled.exported = "tuned", compiled.tuned
     if untuned is not None and untuned.median_ms < tuned.median_ms:
         # never ship a build slower than the untuned one
         exported, compiled.exported = "untuned", compiled.untuned
         if compiled.artifact:
-            export(compiled.untuned, compiled.artifact, target_spec=job.target,
-                   inputs=job.inputs)
-    check = _check_outputs(job, compiled, feeds) if job.options.check_outputs else None
-    trials = sum(t.trials_done for t in job.tasks)
-    tuning_seconds = sum(v for k, v in job.stage_seconds.items() if k not in FINAL_STAGES)
+            export(compiled.untuned, compiled.artifact, target_spec=target, inputs=inputs)
+    check = None
+    if options.check_outputs:
+        check = _check_outputs(compiled, onnx_model, feeds, target, options)
     return {
-        **_sla_info(job, tuned.median_ms),
-        "model": job.name,
-        "target": job.target.kind,
         "artifact": compiled.artifact,
         "exported": exported,
         "output_check": check.as_dict() if check else None,
@@ -81,39 +82,29 @@ def finalize_job(job: TuningJob, compiled: Compiled) -> dict[str, Any]:
         "onnxruntime_ms": ort.median_ms if ort else None,
         "onnxruntime": ort.as_dict() if ort else None,
         "speedup": (untuned.median_ms / tuned.median_ms) if untuned else None,
-        "trials": trials,
-        "tasks": len(job.tasks),
-        "tasks_kept_default": list(job.kept_default),
-        "coverage": dict(job.coverage),
-        "plan": job.plan.as_dict() if job.plan else None,
-        "stop_reason": job.stop_reason,
-        "served_from_db": dict(job.served),
-        "tuning_seconds": tuning_seconds,
         "compile_seconds": compiled.seconds,
-        "stage_seconds": dict(job.stage_seconds),
-        "convergence": list(job.convergence),
     }
 
 
-def _sla_info(job: TuningJob, tuned_ms: float) -> dict[str, Any]:
-    sla = job.options.sla_ms
-    if sla is None:
+def sla_summary(sla_ms: float | None, history: list[dict[str, float]], tuned_ms: float,
+                stop_reason: str | None) -> dict[str, Any]:
+    if sla_ms is None:
         return {}
-    best = min([h["latency_ms"] for h in job.sla_history] + [tuned_ms])
-    return {"sla_ms": sla, "sla_met": best <= sla, "best_ms": best,
-            "gap_ms": max(0.0, best - sla), "stop_reason": job.stop_reason,
-            "sla_history": list(job.sla_history)}
+    best = min([h["latency_ms"] for h in history] + [tuned_ms])
+    return {"sla_ms": sla_ms, "sla_met": best <= sla_ms, "best_ms": best,
+            "gap_ms": max(0.0, best - sla_ms), "stop_reason": stop_reason,
+            "sla_history": list(history)}
 
 
-def _check_outputs(job: TuningJob, compiled: Compiled, feeds) -> OutputCheck | None:
+def _check_outputs(compiled: Compiled, onnx_model, feeds, target: TargetSpec,
+                   options: TuningOptions) -> OutputCheck | None:
     """Compare the exported build with onnxruntime; a mismatch is not exported as good."""
     try:
-        reference = reference_outputs(job.onnx_model.SerializeToString(), feeds)
+        reference = reference_outputs(onnx_model.SerializeToString(), feeds)
     except Exception:  # noqa: BLE001 - onnxruntime cannot run every model: not checked
         return None
-    outputs = module_outputs(compiled.exported, job.target.device_type, feeds)
-    check = compare(outputs, reference, rtol=job.options.output_rtol,
-                    atol=job.options.output_atol)
+    outputs = module_outputs(compiled.exported, target.device_type, feeds)
+    check = compare(outputs, reference, rtol=options.output_rtol, atol=options.output_atol)
     if not check.ok:
         where = "it was not exported"
         if compiled.artifact:

@@ -29,7 +29,7 @@ from tvmsched.jobs import SCHED_DEFAULTS, TUNING_OPTIONS, build_job, stage_info
 from tvmsched.registry import Registry
 from tvmsched.resources import device_kind_for_target
 
-from .tvm_helpers import FAST_SEARCH, write_dynamic_model
+from .tvm_helpers import FAST_SEARCH, options_away_from_default, write_dynamic_model
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +51,9 @@ def built(monkeypatch):
     return calls
 
 
-def _away_from_default(name: str, default):
-    if name == "only_tasks":
-        return (0, 3)
-    if name == "cost_model":
-        return "random"
-    if isinstance(default, bool):
-        return not default
-    if default is None:
-        return 12.5 if name in ("sla_ms", "deadline_seconds", "time_budget_seconds") else 7
-    return type(default)(default * 2 + 1)
-
-
 def full_spec(model: Path, tmp_path: Path) -> JobSpec:
     """Every field of JobSpec and TuningOptions away from its default."""
-    options = {f.name: _away_from_default(f.name, getattr(TuningOptions(), f.name))
-               for f in fields(TuningOptions)}  # fmt: skip
+    options = options_away_from_default()
     return JobSpec(
         model=str(model), target='{"kind": "llvm", "num-cores": 1}',
         options=TuningOptions(**options), input_shapes={"x": (2, 8)}, baselines=False,
@@ -167,8 +154,8 @@ def test_a_tag_target_gets_its_device_kind():
 # -- superb's two paths -------------------------------------------------------------------
 def _superb_points(tmp_path: Path, model: Path, jobs: int):
     """A benchmark file setting every tuning option superb can set, away from its default."""
-    options = {name: _away_from_default(name, getattr(TuningOptions(), name))
-               for name in TUNING_OPTIONS}  # fmt: skip
+    away = options_away_from_default()
+    options = {name: away[name] for name in TUNING_OPTIONS}
     table = ", ".join(f"{k} = {json.dumps(v)}" for k, v in options.items())
     bench = parse(textwrap.dedent(f"""
         [models.dyn]

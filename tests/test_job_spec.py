@@ -12,6 +12,8 @@ from simpletvm.plan import default_trials, make_plan
 from simpletvm.spec import JobSpec
 from simpletvm.taskalloc import TaskState
 
+from .tvm_helpers import options_away_from_default
+
 
 @pytest.mark.parametrize("field,value,words", [
     ("number", 0, "number must be >= 1"),
@@ -51,27 +53,10 @@ def test_bad_durations(text):
 
 
 def _full_spec() -> JobSpec:
-    """Every field away from its default, so a lost field shows in the round trip."""
-    values = {}
-    for f in fields(TuningOptions):
-        default = getattr(TuningOptions(), f.name)
-        if f.name == "only_tasks":
-            values[f.name] = (0, 3)
-        elif f.name == "cost_model":
-            values[f.name] = "random"
-        elif f.name == "conv_layout":
-            values[f.name] = "NHWC"
-        elif isinstance(default, bool):
-            values[f.name] = not default
-        elif f.name in ("trials", "max_trials_per_task", "builder_workers", "search_threads"):
-            values[f.name] = 7
-        elif f.name in ("sla_ms", "deadline_seconds", "time_budget_seconds"):
-            values[f.name] = 12.5
-        else:
-            values[f.name] = type(default)(default * 2 + 1)
     return JobSpec(model="m.onnx", target='{"kind": "llvm", "num-cores": 1}',
-                   options=TuningOptions(**values), input_shapes={"x": (1, 3, 8, 8)},
-                   baselines=False, output="m.so", tuning_db="t.db")
+                   options=TuningOptions(**options_away_from_default()),
+                   input_shapes={"x": (1, 3, 8, 8)}, baselines=False, output="m.so",
+                   tuning_db="t.db")
 
 
 def test_every_field_round_trips_through_json():

@@ -68,3 +68,26 @@ def tiny_task() -> TinyTask:
                          space_generator="post-order-apply", task_name=task.task_name,
                          num_threads=1).generate_design_space()[0]
     return TinyTask(spec, mod, task.dispatched[0], sch)
+
+
+def options_away_from_default() -> dict:
+    """Every TuningOptions field set away from its default, so that a field lost on the
+    way through an entry point shows in a round trip."""
+    from dataclasses import fields
+
+    from simpletvm.options import TuningOptions
+
+    special = {"only_tasks": (0, 3), "cost_model": "random", "conv_layout": "NHWC",
+               "sla_ms": 12.5, "deadline_seconds": 12.5, "time_budget_seconds": 12.5}
+    out = {}
+    for f in fields(TuningOptions):
+        default = getattr(TuningOptions(), f.name)
+        if f.name in special:
+            out[f.name] = special[f.name]
+        elif isinstance(default, bool):
+            out[f.name] = not default
+        elif default is None:
+            out[f.name] = 7
+        else:
+            out[f.name] = type(default)(default * 2 + 1)
+    return out
