@@ -114,6 +114,43 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_remeasure(args) -> int:
+    """Time each recorded point again, from its tuning database, on a quiet machine.
+
+    ``simpletvm tune --trials 0`` builds the same model from the database (the same
+    records beat the same defaults) and times tuned, untuned and onnxruntime again: the
+    run's own timings are taken while its tuning just ended, and while whatever else ran.
+    """
+    out = Path(args.out)
+    quiet_path = out.with_name(out.stem + "-quiet.jsonl")
+    done = set()
+    if quiet_path.exists():
+        for r in map(json.loads, quiet_path.read_text().splitlines()):
+            done.add((r["label"], r["model"], r["budget_min"], r["repeat"]))
+    for row in map(json.loads, out.read_text().splitlines()):
+        key = (row.get("label", ""), row["model"], row["budget_min"], row["repeat"])
+        if key in done or not row.get("result"):
+            continue
+        work = Path(args.work)
+        db = work / f"{row['model']}-{row['budget_min']:g}m-{row['repeat']}.db"
+        if row["budget_min"] == 0 or not db.exists():
+            continue
+        cmd = ["simpletvm", "tune", str(work / f"{row['model']}.onnx"), "--trials", "0",
+               "--db", str(db), "--json"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        quiet = {"label": key[0], "model": key[1], "budget_min": key[2], "repeat": key[3],
+                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 "revision": _revision(), "rc": proc.returncode}
+        if proc.returncode == 0:
+            r = json.loads(proc.stdout)
+            quiet.update({k: r.get(k) for k in ("tuned_ms", "untuned_ms", "onnxruntime_ms",
+                                                "exported", "output_check")})
+        print(json.dumps(quiet), flush=True)
+        with quiet_path.open("a") as fh:
+            fh.write(json.dumps(quiet) + "\n")
+    return 0
+
+
 def _model_gflop(result: dict) -> float:
     plan = result.get("plan") or {}  # runs of revisions without a plan have no FLOPs
     return sum(t["weight"] * t["flops"] for t in plan.get("tasks", [])) / 1e9
@@ -220,12 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--figure", default=None)
     report.add_argument("--peak", type=float, default=None,
                         help="GFLOPS (default: measure with the GEMM microbenchmark)")
+    remeasure = sub.add_parser("remeasure", help="time each point again from its database")
+    remeasure.add_argument("--out", default="docs/quality/results.jsonl")
+    remeasure.add_argument("--work", required=True, help="the run's --work folder")
     sub.add_parser("peak", help="print this machine's attainable GEMM GFLOPS")
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "remeasure":
+        return cmd_remeasure(args)
     print(f"{gemm_peak_gflops():.1f} GFLOPS (float32 GEMM 2048, all cores, best of 5)")
     return 0
 
