@@ -183,9 +183,33 @@ def cmd_report(args) -> int:
               f"{'ok' if check.get('ok') else 'not run'} {check.get('max_abs_err', '')} | "
               f"{r['tuning_seconds']:.0f} | {row['revision']} | {row['date']} |")
     _spread(rows)
+    _quiet_table(Path(args.out), rows, peak)
     if args.figure:
         _plot(rows, Path(args.figure))
     return 0
+
+
+def _quiet_table(out: Path, rows: list[dict], peak: float) -> None:
+    quiet_path = out.with_name(out.stem + "-quiet.jsonl")
+    if not quiet_path.exists():
+        return
+    flops = {(r.get("label", ""), r["model"], r["budget_min"], r["repeat"]):
+             _model_gflop(r["result"]) for r in rows if r.get("result")}
+    print("\nQuiet re-measure (`quality.py remeasure`: built again from each point's "
+          "database, nothing else running):\n")
+    print("| model | budget min | repeat | untuned ms | tuned ms | onnxruntime ms | "
+          "tuned / ort | roofline ms | exported | date |")
+    print("|" + "---|" * 10)
+    for q in map(json.loads, quiet_path.read_text().splitlines()):
+        if q.get("rc") != 0:
+            continue
+        key = (q["label"], q["model"], q["budget_min"], q["repeat"])
+        ratio = q["tuned_ms"] / q["onnxruntime_ms"] if q.get("onnxruntime_ms") else None
+        roof = flops.get(key, 0.0) / peak * 1e3
+        print(f"| {q['model']} | {q['budget_min']:g} | {q['repeat']} | "
+              f"{_ms(q.get('untuned_ms'))} | {_ms(q['tuned_ms'])} | "
+              f"{_ms(q.get('onnxruntime_ms'))} | {f'{ratio:.2f}' if ratio else '-'} | "
+              f"{roof:.3f} | {q.get('exported')} | {q['date']} |")
 
 
 def _ms(value) -> str:
