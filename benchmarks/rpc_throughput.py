@@ -31,17 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from simpletvm.options import SHRUNK_SEARCH
 from simpletvm.samples import write_sample
 from tvmsched import api
 
-FAST = {  # the shrunk EvolutionarySearch of docs/tvm-facts.md, one timing per candidate
-    "population_size": 32,
-    "init_min_unmeasured": 8,
-    "genetic_num_iters": 1,
-    "number": 1,
-    "repeat": 1,
-    "min_repeat_ms": 0,
-}
+FAST = SHRUNK_SEARCH  # the shrunk EvolutionarySearch, one timing per candidate
 
 
 def start_server() -> tuple[subprocess.Popen, int]:

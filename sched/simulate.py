@@ -218,17 +218,22 @@ class _Simulation:
             if self.finish.get(epoch) != end:
                 continue
             del self.finish[epoch]
-            job, attempt = self.jobs[job_id]
-            outcome = job.run_stage()
+            run_and_complete(self.registry, self.jobs, job_id, epoch, now=self.now)
             self.stages += 1
-            request = job.next_stage()
-            follow = None
-            if request is not None:
-                follow = (job.index, request.kind.value, request.needs, request.info)
-            self.registry.complete_stage(
-                epoch, seconds=outcome.seconds, progress=job.progress(), next_stage=follow,
-                now=self.now,
-            )  # fmt: skip
-            if request is None:
-                self.registry.finish_job(job_id, attempt, result=job.result(), now=self.now)
-                del self.jobs[job_id]
+
+
+def run_and_complete(registry, jobs: dict, job_id: int, epoch: int, *, now: float) -> None:
+    """Run the job's granted stage, record its end with the next request, or finish the
+    job (and drop it from ``jobs``): what a runner does, in-process."""
+    job, attempt = jobs[job_id]
+    outcome = job.run_stage()
+    request = job.next_stage()
+    follow = None
+    if request is not None:
+        follow = (job.index, request.kind.value, request.needs, request.info)
+    registry.complete_stage(
+        epoch, seconds=outcome.seconds, progress=job.progress(), next_stage=follow, now=now,
+    )  # fmt: skip
+    if request is None:
+        registry.finish_job(job_id, attempt, result=job.result(), now=now)
+        del jobs[job_id]

@@ -27,6 +27,7 @@ from .mockjob import MockJob
 from .models import JobKind, JobState, Resource, ResourceKind
 from .registry import Registry
 from .resources import device_kind_for_mock
+from .simulate import run_and_complete
 
 # registry calls inside a dispatch pass, in its order: a runner's write may come first
 WINDOWS = ("suspended_leases", "resume_leases", "pending", "active_leases", "grant")
@@ -172,20 +173,8 @@ class Storm:
             return  # a stopped runner writes nothing; a dead one is gone
         del self.left[epoch]
         job_id = self.owner.pop(epoch)
-        job, attempt = self.jobs[job_id]
-        outcome = job.run_stage()
+        run_and_complete(self.registry, self.jobs, job_id, epoch, now=self.now)
         self.stages += 1
-        request = job.next_stage()
-        follow = None
-        if request is not None:
-            follow = (job.index, request.kind.value, request.needs, request.info)
-        self.registry.complete_stage(
-            epoch, seconds=outcome.seconds, progress=job.progress(), next_stage=follow,
-            now=self.now,
-        )  # fmt: skip
-        if request is None:
-            self.registry.finish_job(job_id, attempt, result=job.result(), now=self.now)
-            del self.jobs[job_id]
 
     def _kill_one(self) -> None:
         """A runner dies: the daemon reclaims its leases; the job resumes from its stage."""

@@ -26,6 +26,12 @@ SIGNIFICANT_SHARE = 0.005
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
 
 
+# A shrunk evolutionary search and one timing per candidate (docs/tvm-facts.md: 0.6 s a
+# round instead of 20 s): for tests and benchmarks that tune for real but briefly.
+SHRUNK_SEARCH = {"population_size": 32, "init_min_unmeasured": 8, "genetic_num_iters": 1,
+                 "number": 1, "repeat": 1, "min_repeat_ms": 0}
+
+
 @dataclass(frozen=True, kw_only=True)
 class TuningOptions:
     # the budget: measured trials over all tasks (None: sized from the task count) and/or

@@ -6,16 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# The shrunk EvolutionarySearch (docs/tvm-facts.md: 0.6 s per round instead of 20 s) and
-# one timing per candidate: TuningOptions fields, for tests that tune for real.
-FAST_SEARCH = {
-    "population_size": 32,
-    "init_min_unmeasured": 8,
-    "genetic_num_iters": 1,
-    "number": 1,
-    "repeat": 1,
-    "min_repeat_ms": 0,
-}
+from simpletvm.options import SHRUNK_SEARCH
+
+# The shrunk EvolutionarySearch and one timing per candidate (simpletvm.options).
+FAST_SEARCH = SHRUNK_SEARCH
 
 
 def write_dynamic_model(path: Path, *, features: int = 8) -> Path:

@@ -147,13 +147,8 @@ class RegistryBase:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with sqlite.immediate(conn):
                     yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         finally:
