@@ -63,7 +63,7 @@ def _done(out: Path) -> set[tuple[str, str, float, int]]:
 
 
 def run_point(model: str, budget_min: float, repeat: int, work: Path,
-              extra: list[str], trials: int | None = None) -> dict:
+              extra: list[str], trials: int | None = None, target: str = "llvm") -> dict:
     path = work / f"{model}.onnx"
     if not path.exists():
         subprocess.run(["simpletvm", "sample", model, "-o", str(path)], check=True,
@@ -71,7 +71,7 @@ def run_point(model: str, budget_min: float, repeat: int, work: Path,
     db = work / f"{model}-{budget_min:g}m-{repeat}.db"
     budget = ["--trials", str(trials)] if trials is not None else [
         "--time-budget", f"{budget_min:g}m"]
-    cmd = ["simpletvm", "tune", str(path), "--target", "llvm", *budget, "--db", str(db),
+    cmd = ["simpletvm", "tune", str(path), "--target", target, *budget, "--db", str(db),
            "--seed", str(repeat), "--json", *extra]
     start = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -103,7 +103,7 @@ def cmd_run(args) -> int:
                     continue
                 print(f"{time.strftime('%H:%M:%S')} {args.label} {model} {budget:g} min "
                       f"repeat {repeat}", flush=True)
-                row = run_point(model, budget, repeat, work, extra, args.trials)
+                row = run_point(model, budget, repeat, work, extra, args.trials, args.target)
                 row["label"] = args.label
                 with out.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--trials", type=int, default=None,
                      help="a trial budget instead of the time budgets (budget_min 0)")
     run.add_argument("--label", default="", help="names a series (e.g. another revision)")
+    run.add_argument("--target", default="llvm", help="llvm, cuda, a TVM tag, or JSON")
     report = sub.add_parser("report", help="markdown tables and the convergence figure")
     report.add_argument("--out", default="docs/quality/results.jsonl")
     report.add_argument("--figure", default=None)
