@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simpletvm.options import DEFAULT_PER_ROUND, parse_duration
+from simpletvm.options import DEFAULT_PER_ROUND, FIXED_DEFAULT_TRIALS, parse_duration
 from simpletvm.spec import JobSpec
 
 from .analysis import capacities, resource_intervals
@@ -138,7 +138,7 @@ def submit(
     mock: str | None = None,
     model: str | None = None,
     target: str = "llvm",
-    trials: int | None = 64,
+    trials: int | None = FIXED_DEFAULT_TRIALS,
     per_round: int = DEFAULT_PER_ROUND,
     seed: int = 0,
     input_shapes: dict[str, tuple[int, ...]] | None = None,

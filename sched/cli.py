@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from typer.exceptions import TyperException
 
-from simpletvm.options import DEFAULT_PER_ROUND
+from simpletvm.options import DEFAULT_PER_ROUND, FIXED_DEFAULT_TRIALS
 
 from . import api, render, report
 from .paths import resolve_db
@@ -206,7 +206,8 @@ def submit(
     model: Annotated[str | None, typer.Argument(help="ONNX model to tune.")] = None,
     mock: Mock = None,
     target: Annotated[str, typer.Option(help="TVM target, e.g. llvm or cuda.")] = "llvm",
-    trials: Annotated[int, typer.Option(help="Tuning trials (budget).")] = 64,
+    trials: Annotated[int, typer.Option(help="Tuning trials (budget).")] = (
+        FIXED_DEFAULT_TRIALS),
     per_round: Annotated[int, typer.Option(help="Candidates measured per round.")] = (
         DEFAULT_PER_ROUND
     ),

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from simpletvm.errors import UserInputError
-from simpletvm.options import DEFAULT_PER_ROUND, TuningOptions, option_names, parse_duration
+from simpletvm.options import (
+    DEFAULT_PER_ROUND,
+    FIXED_DEFAULT_TRIALS,
+    TuningOptions,
+    option_names,
+    parse_duration,
+)
 from simpletvm.spec import JobSpec
 from simpletvm.targets import parse_target
 
@@ -64,7 +70,7 @@ def job_spec(
     model: str,
     *,
     target: str = "llvm",
-    trials: int | None = 64,
+    trials: int | None = FIXED_DEFAULT_TRIALS,
     per_round: int = DEFAULT_PER_ROUND,
     seed: int = 0,
     input_shapes: dict[str, tuple[int, ...]] | None = None,

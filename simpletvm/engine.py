@@ -31,7 +31,7 @@ from .remote import (
     make_rpc_runner,
 )
 from .stages import CPU, DEVICE, StageKind, StageOutcome, StageRequest
-from .targets import TargetSpec, host_cores, resolve_target
+from .targets import TargetSpec, host_cores, parse_target, resolve_target
 from .taskalloc import GradientAllocator, TaskState
 
 __all__ = ["TuningOptions", "TuningJob", "DeviceUnavailable", "preload"]
@@ -39,8 +39,7 @@ __all__ = ["TuningOptions", "TuningJob", "DeviceUnavailable", "preload"]
 
 def preload(target: str = "llvm") -> None:
     """Import TVM and the target's intrinsics now, so forked children start warm."""
-    kind = target if not target.startswith("{") else resolve_target(target).kind
-    _preload(kind)
+    _preload(parse_target(target).kind)
 
 
 @dataclass

@@ -21,6 +21,8 @@ DEFAULT_PER_ROUND = 32
 # the coverage round of every task, then this many search rounds per significant task.
 DEFAULT_ROUNDS_PER_TASK = 2
 MIN_DEFAULT_TRIALS = 64
+# where a fixed trial count is needed before the model is read (sched submit, superb)
+FIXED_DEFAULT_TRIALS = 64
 # A task is significant when its share of the model's weighted FLOPs is at least this.
 SIGNIFICANT_SHARE = 0.005
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from simpletvm.errors import UserInputError
-from simpletvm.options import TuningOptions
+from simpletvm.options import FIXED_DEFAULT_TRIALS, TuningOptions
 from tvmsched.jobs import check_tuning_options
 
 from . import SuperbError
@@ -58,8 +58,8 @@ EXPERIMENT_KEYS = {
 }
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "target": ["llvm"],
-    "trials": [64],
-    "per_round": [16],
+    "trials": [FIXED_DEFAULT_TRIALS],
+    "per_round": [16],  # not the engine's default: existing result keys carry 16
     "strategy": ["interleaved"],
     "jobs": [1],
     "repeats": 1,
