@@ -91,22 +91,22 @@ def tune(
                        tuning_db=str(db or default_db())).validate()
         job = spec.tuning_job()
         if json_out:
-            job.run_all()
+            render.print_json(job.run_all().result())
         else:
             _run_with_progress(job)
-        result = job.result()
-        if json_out:
-            render.print_json(result)
-            return
-        served = result["served_from_db"]
-        if served["records"]:
-            render.console.print(f"Served from the database: {served['records']} records "
-                                 f"for {served['tasks']} of {result['tasks']} tasks.")
-        render.console.print(render.result_table(result))
-        render.console.print(render.stage_table(result["stage_seconds"]))
-        render.console.print(render.export_line(result))
+            _print_result(job.result())
 
     render.run_cli(body)
+
+
+def _print_result(result: dict) -> None:
+    served = result["served_from_db"]
+    if served["records"]:
+        render.console.print(f"Served from the database: {served['records']} records "
+                             f"for {served['tasks']} of {result['tasks']} tasks.")
+    render.console.print(render.result_table(result))
+    render.console.print(render.stage_table(result["stage_seconds"]))
+    render.console.print(render.export_line(result))
 
 
 def _duration(text: str | None) -> float | None:
