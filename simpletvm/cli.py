@@ -84,7 +84,7 @@ def tune(
                              population_size=population,
                              init_min_unmeasured=min(50, population),
                              layout_rewrite=layout_rewrite, check_outputs=output_check,
-                             conv_layout=conv_layout.upper())
+                             conv_layout=conv_layout.upper()).validate()
         spec = JobSpec(model=str(model), target=target, options=opts,
                        input_shapes=_shapes(input_shape),
                        output=str(output) if output else None,
