@@ -177,14 +177,8 @@ class _Simulation:
         limit = self.dispatcher.strategy.max_active_jobs(self.active_limit)
         while self.queued and len(self.jobs) < limit:
             job_id, spec = self.queued.pop()
-            attempt = self.registry.claim_job(job_id, now=self.now)
-            job = MockJob(spec, sleeper=_noop)
-            self.jobs[job_id] = (job, attempt)
-            request = job.next_stage()
-            self.registry.request_stage(
-                job_id, attempt, job.index, request.kind.value, request.needs, request.info,
-                now=self.now,
-            )  # fmt: skip
+            claim_and_request(self.registry, self.jobs, job_id, MockJob(spec, sleeper=_noop),
+                              now=self.now)
 
     def grant(self) -> None:
         """One dispatch pass; each granted stage starts now and ends after its planned
@@ -237,3 +231,13 @@ def run_and_complete(registry, jobs: dict, job_id: int, epoch: int, *, now: floa
     if request is None:
         registry.finish_job(job_id, attempt, result=job.result(), now=now)
         del jobs[job_id]
+
+
+def claim_and_request(registry, jobs: dict, job_id: int, job, *, now: float) -> None:
+    """Claim a queued job for ``job`` and request its first stage: a runner's start."""
+    attempt = registry.claim_job(job_id, now=now)
+    jobs[job_id] = (job, attempt)
+    request = job.next_stage()
+    registry.request_stage(
+        job_id, attempt, job.index, request.kind.value, request.needs, request.info, now=now,
+    )  # fmt: skip

@@ -27,7 +27,7 @@ from .mockjob import MockJob
 from .models import JobKind, JobState, Resource, ResourceKind
 from .registry import Registry
 from .resources import device_kind_for_mock
-from .simulate import run_and_complete
+from .simulate import claim_and_request, run_and_complete
 
 # registry calls inside a dispatch pass, in its order: a runner's write may come first
 WINDOWS = ("suspended_leases", "resume_leases", "pending", "active_leases", "grant")
@@ -158,14 +158,8 @@ class Storm:
 
     # -- runners -------------------------------------------------------------------------
     def _claim(self, job_id: int, spec: str, *, completed: int) -> None:
-        attempt = self.registry.claim_job(job_id, now=self.now)
         job = MockJob(spec, completed=completed, sleeper=lambda _: None)
-        self.jobs[job_id] = (job, attempt)
-        request = job.next_stage()
-        self.registry.request_stage(
-            job_id, attempt, job.index, request.kind.value, request.needs, request.info,
-            now=self.now,
-        )  # fmt: skip
+        claim_and_request(self.registry, self.jobs, job_id, job, now=self.now)
 
     def _complete(self, epoch: int) -> None:
         """The runner of ``epoch`` records its end (and asks for its next stage)."""
