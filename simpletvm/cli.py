@@ -40,6 +40,9 @@ def tune(
         "Tune until this much wall-clock time is spent: 90s, 30m, 1h."))] = None,
     per_round: Annotated[int, typer.Option(help="Candidates per search round.")] = (
         DEFAULT_PER_ROUND),
+    sla_ms: Annotated[float | None, typer.Option(help=(
+        "Stop as soon as the whole model runs within this many ms (measured every few "
+        "rounds, and first before any trial: the database may meet it already)."))] = None,
     db: Annotated[Path | None, typer.Option(help="SQLite tuning database (shared).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o",
                                                 help="Export the tuned module here (.so).")] = None,
@@ -64,6 +67,10 @@ def tune(
         "NCHW"),
     output_check: Annotated[bool, typer.Option(help=(
         "Compare the exported module's outputs with onnxruntime's."))] = True,
+    shared_model: Annotated[bool, typer.Option(help=(
+        "Start from the target's cost model shared in the tuning database."))] = True,
+    transfer: Annotated[bool, typer.Option(help=(
+        "Seed new tasks with schedules of similar workloads in the database."))] = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Tune MODEL stage by stage, then print untuned / tuned / onnxruntime latencies.
@@ -77,14 +84,16 @@ def tune(
         from .spec import JobSpec
 
         opts = TuningOptions(trials=trials, time_budget_seconds=_duration(time_budget),
-                             per_round=per_round, builder_workers=builder_workers,
+                             per_round=per_round, sla_ms=sla_ms,
+                             builder_workers=builder_workers,
                              runner_timeout=runner_timeout, number=number, repeat=repeat,
                              min_repeat_ms=min_repeat_ms, cost_model=cost_model, seed=seed,
                              reuse=reuse, search_threads=search_threads,
                              population_size=population,
                              init_min_unmeasured=min(50, population),
                              layout_rewrite=layout_rewrite, check_outputs=output_check,
-                             conv_layout=conv_layout.upper()).validate()
+                             conv_layout=conv_layout.upper(), shared_model=shared_model,
+                             transfer=transfer).validate()
         spec = JobSpec(model=str(model), target=target, options=opts,
                        input_shapes=_shapes(input_shape),
                        output=str(output) if output else None,
@@ -106,6 +115,9 @@ def _print_result(result: dict) -> None:
                              f"for {served['tasks']} of {result['tasks']} tasks.")
     render.console.print(render.result_table(result))
     render.console.print(render.stage_table(result["stage_seconds"]))
+    learned = render.learning_line(result)
+    if learned:
+        render.console.print(learned)
     render.console.print(render.export_line(result))
 
 
@@ -283,18 +295,57 @@ def db_stats(
     db: Annotated[Path, typer.Option(help="Tuning database.")],
     json_out: JsonOpt = False,
 ) -> None:
-    """Workloads, record counts and best latencies in a tuning database."""
+    """Workloads, record counts and best latencies in a tuning database, and the
+    shared cost model of each target."""
 
     def body() -> None:
-        from .database import database_stats
+        from .database import database_stats, shared_model_stats
 
         rows = database_stats(db)
+        models = shared_model_stats(db)
         if json_out:
-            render.print_json({"db": str(db), "workloads": rows})
+            render.print_json({"db": str(db), "workloads": rows, "shared_models": models})
+            return
+        render.console.print(render.rows_table(f"{db}", rows,
+                                               ["workload", "task", "target", "records",
+                                                "best_ms"]))
+        render.console.print(render.rows_table(
+            "shared cost models (trained_on: measurements it learned from; pending: newer)",
+            models, ["target", "features", "trained_on", "pending", "model_bytes",
+                     "train_seconds"]))
+
+    render.run_cli(body)
+
+
+@db_app.command("train")
+def db_train(
+    db: Annotated[Path, typer.Option(help="Tuning database.")],
+    target: TargetOpt = "llvm",
+    threads: Annotated[int | None, typer.Option(help="Training threads (default: all).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train TARGET's shared cost model now, on every measurement stored for it
+    (jobs retrain it themselves every --option shared_model_every new ones)."""
+
+    def body() -> None:
+        from .costmodel import SharedModelStore
+        from .database import open_existing
+        from .targets import host_cores, resolve_target
+
+        open_existing(db).close()
+        spec = resolve_target(target)
+        if threads is not None and threads < 1:
+            raise UserInputError(f"--threads must be >= 1, got {threads}")
+        stored = SharedModelStore(db, spec.key).train_and_save(
+            threads=threads or host_cores())
+        if json_out:
+            render.print_json({"db": str(db), "target": spec.kind, "trained": stored})
+        elif stored is None:
+            render.console.print("Not trained: fewer than 100 measurements stored for "
+                                 f"{spec.kind}, or a model as recent is stored already.")
         else:
-            render.console.print(render.rows_table(f"{db}", rows,
-                                                   ["workload", "task", "target", "records",
-                                                    "best_ms"]))
+            render.console.print(f"Trained the {spec.kind} model on {stored['trained_on']} "
+                                 f"measurements in {stored['seconds']:.1f} s.")
 
     render.run_cli(body)
 

@@ -27,14 +27,31 @@ def coverage_context(mod, target, *, task_name: str, threads: int, seed: int, sa
     return ctx
 
 
-def ranked_samples(ctx, cost_model, keep: int) -> list[Any]:
-    """The ``keep`` samples the cost model scores highest (higher is faster)."""
-    candidates = list(ctx.search_strategy.generate_measure_candidates() or [])
-    if len(candidates) <= keep:
+def ranked_samples(ctx, cost_model, keep: int, *, seeded=(), sample: bool = True) -> list[Any]:
+    """The ``keep`` most promising of ``seeded`` (schedules transferred from similar
+    workloads, transfer.py) and, with ``sample``, the strategy's random samples.
+
+    Seeded schedules, each among the best of a similar workload, take at least half of
+    the places: the ones the cost model scores highest (higher is faster), or in their
+    given order while the model is untrained and its scores are noise. The other places
+    go to the best-scored of the rest.
+    """
+    seeded = list(seeded)
+    samples = list(ctx.search_strategy.generate_measure_candidates() or []) if sample else []
+    if len(seeded) + len(samples) <= keep:
+        return seeded + samples
+    informed = cost_model is not None and getattr(cost_model, "informed", True)
+    ranked_seeds = _by_score(ctx, cost_model, seeded) if informed else seeded
+    first = ranked_seeds[:(keep + 1) // 2]
+    rest = ranked_seeds[len(first):] + samples
+    return first + _by_score(ctx, cost_model, rest)[:keep - len(first)]
+
+
+def _by_score(ctx, cost_model, candidates: list) -> list:
+    if cost_model is None or len(candidates) < 2:
         return candidates
     scores = [float(s) for s in cost_model.predict(ctx, candidates)]
-    order = sorted(range(len(candidates)), key=lambda i: -scores[i])
-    return [candidates[i] for i in order[:keep]]
+    return [candidates[i] for i in sorted(range(len(candidates)), key=lambda i: -scores[i])]
 
 
 def default_candidate(mod):

@@ -25,6 +25,7 @@ from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
 
 from . import sqlite
 from .errors import UserInputError
+from .transfer import structure_key
 
 FAILED_RUN_SECS = 1e10  # what MetaSchedule stores for a candidate that failed
 
@@ -55,6 +56,34 @@ _SCHEMA = [
         PRIMARY KEY (workload_id, target))""",
 ]
 
+# Learning across jobs (costmodel.py, transfer.py): each workload's structure key, the
+# cost model's features of every measured candidate, and the shared model per target.
+_SHARED_SCHEMA = [
+    "ALTER TABLE workloads ADD COLUMN structure TEXT",
+    "CREATE INDEX IF NOT EXISTS workloads_structure ON workloads(structure)",
+    """CREATE TABLE IF NOT EXISTS cost_features (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        group_hash TEXT NOT NULL,
+        n_rows INTEGER NOT NULL,
+        n_cols INTEGER NOT NULL,
+        features BLOB NOT NULL,
+        mean_secs REAL NOT NULL,
+        created REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS cost_features_target ON cost_features(target, id)",
+    """CREATE TABLE IF NOT EXISTS cost_models (
+        target TEXT PRIMARY KEY,
+        trained_on INTEGER NOT NULL,
+        last_feature_id INTEGER NOT NULL,
+        booster BLOB NOT NULL,
+        train_seconds REAL NOT NULL,
+        trained_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS cost_model_claims (
+        target TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        until REAL NOT NULL)""",
+]
+
 
 def connect(path: str | Path) -> sqlite3.Connection:
     """Open (creating 0600 if new) the tuning database with WAL and a busy timeout."""
@@ -71,7 +100,8 @@ def connect(path: str | Path) -> sqlite3.Connection:
 def _set_up(conn: sqlite3.Connection) -> None:
     """WAL mode and the schema (``simpletvm.sqlite``)."""
     sqlite.use_wal(conn)
-    sqlite.migrate(conn, [("0001_tuning_schema", _SCHEMA)])
+    sqlite.migrate(conn, [("0001_tuning_schema", _SCHEMA),
+                          ("0002_shared_model", _SHARED_SCHEMA)])
 
 
 def record_json(record: TuningRecord):
@@ -178,8 +208,9 @@ class SQLiteDatabase(PyDatabase):
                     conn.execute("COMMIT")
                     return self._remember(shash, mod, wid)
             cur = conn.execute(
-                "INSERT INTO workloads (shash, mod_json, created) VALUES (?, ?, ?)",
-                (shash, tvm.ir.save_json(mod), time.time()))
+                "INSERT INTO workloads (shash, mod_json, structure, created) "
+                "VALUES (?, ?, ?, ?)",
+                (shash, tvm.ir.save_json(mod), structure_key(mod), time.time()))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -316,6 +347,31 @@ class SQLiteDatabase(PyDatabase):
             (found[1], self.target_key or "")).fetchone()
         return row[0] if row else None
 
+    def similar_workloads(self, mod: IRModule, *, limit: int) -> list[Workload]:
+        """Other workloads of ``mod``'s structure (``transfer.structure_key``) that have
+        successful records for this target, the most measured first."""
+        self._fill_structure_keys()
+        found = self._lookup(mod)
+        own = found[1] if found is not None else -1
+        rows = self.conn().execute(
+            "SELECT w.id FROM workloads w JOIN records r ON r.workload_id = w.id "
+            "WHERE w.structure = ? AND w.id != ? AND r.target = ? AND r.mean_secs < ? "
+            "GROUP BY w.id ORDER BY COUNT(r.id) DESC, w.id LIMIT ?",
+            (structure_key(mod), own, self.target_key or "", FAILED_RUN_SECS,
+             int(limit))).fetchall()
+        return [self._ids.get(wid) or self._load_workload(wid) for (wid,) in rows]
+
+    def _fill_structure_keys(self) -> None:
+        """Workloads stored before structure keys existed get theirs (once)."""
+        rows = self.conn().execute(
+            "SELECT id, mod_json FROM workloads WHERE structure IS NULL").fetchall()
+        if not rows:
+            return
+        keys = [(structure_key(tvm.ir.load_json(mod_json)), wid) for wid, mod_json in rows]
+        with sqlite.immediate(self.conn()):
+            self.conn().executemany(
+                "UPDATE workloads SET structure = ? WHERE id = ? AND structure IS NULL", keys)
+
     def name_workload(self, mod: IRModule, task_name: str) -> None:
         """Remember a readable task name for `db stats` (first name wins)."""
         found = self._lookup(mod)
@@ -328,13 +384,31 @@ class SQLiteDatabase(PyDatabase):
         conn.execute("COMMIT")
 
 
-def database_stats(path: str | Path) -> list[dict]:
-    """Per workload and target: record count and best latency, for `simpletvm db stats`."""
+def open_existing(path: str | Path) -> sqlite3.Connection:
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"tuning database '{path}' does not exist; "
                              "pass the path given to `simpletvm tune --db`")
-    conn = connect(path)
+    return connect(path)
+
+
+def shared_model_stats(path: str | Path) -> list[dict]:
+    """Per target: the shared cost model (costmodel.py), for `simpletvm db stats`."""
+    from .costmodel import model_stats
+
+    conn = open_existing(path)
+    try:
+        rows = model_stats(conn)
+    finally:
+        conn.close()
+    for row in rows:
+        row["target"] = json.loads(row["target_config"]).get("kind", "?")
+    return rows
+
+
+def database_stats(path: str | Path) -> list[dict]:
+    """Per workload and target: record count and best latency, for `simpletvm db stats`."""
+    conn = open_existing(path)
     rows = conn.execute(
         "SELECT w.id, COALESCE(w.task_name, '?'), r.target, COUNT(r.id), "
         "MIN(CASE WHEN r.mean_secs < ? THEN r.mean_secs END) "

@@ -109,6 +109,11 @@ class TuningJob:
         self._round_seconds: dict[bool, list[float]] = {True: [], False: []}
         self._grant: dict[str, Any] = {}
         self.coverage = {"tasks": 0, "candidates": 0}
+        # schedule transfer (transfer.py): per task index, candidates replayed from
+        # workloads of the same structure; counted as tasks seeded, candidates, measured
+        self._transferred: dict[int, list] = {}
+        self.transfer = {"tasks": 0, "candidates": 0, "measured": 0}
+        self._apply_transferred = False  # an SLA build with them met the SLA
         self.kept_default: list[str] = []  # tasks whose records lost to their default
 
     @classmethod
@@ -298,7 +303,12 @@ class TuningJob:
 
         opts = self.options
         if opts.cost_model == "xgb":
-            self.cost_model = ms.cost_model.XGBModel(num_tuning_cores=opts.search_threads)
+            from .costmodel import SharedCostModel, SharedModelStore
+
+            store = SharedModelStore(self.db_path, self.target.key) if self.db_path else None
+            self.cost_model = SharedCostModel(threads=opts.search_threads, store=store,
+                                              use_shared=opts.shared_model,
+                                              train_every=opts.shared_model_every)
         else:
             self.cost_model = ms.cost_model.RandomModel(seed=opts.seed)
         contexts = []
@@ -346,7 +356,8 @@ class TuningJob:
             return
         candidates = [r.as_measure_candidate() for r in records]
         results = [RunnerResult(list(r.run_secs), None) for r in records]
-        self.cost_model.update(ctx, candidates, results)
+        # old records are in the shared model's data already: not stored again
+        getattr(self.cost_model, "warm", self.cost_model.update)(ctx, candidates, results)
 
     def _budget_left(self) -> int:
         return self.trials - sum(t.trials_done for t in self._tasks)
@@ -375,7 +386,10 @@ class TuningJob:
         keep = min(opts.coverage_measured, max(self._budget_left(), 0))
         if keep > 0:
             ctx = self._coverage_context(task)
-            rnd.candidates = ranked_samples(ctx, self.cost_model, keep)
+            seeded = self._transfer_for(task)
+            rnd.candidates = ranked_samples(ctx, self.cost_model, keep, seeded=seeded)
+            measured = sum(1 for c in rnd.candidates if any(c is s for s in seeded))
+            self.transfer["measured"] += measured
         if self._wants_default(task):
             rnd.default = default_candidate(mod)
         if not rnd.batch:
@@ -400,6 +414,25 @@ class TuningJob:
                 samples=opts.coverage_samples, database=self.database,
                 cost_model=self.cost_model)
         return self._coverage_contexts[task.index]
+
+    def _transfer_for(self, task: TaskState) -> list:
+        """Candidates replayed from similar workloads, for a task with no records of its
+        own (computed once per task; empty when transfer is off or finds nothing)."""
+        if task.index in self._transferred:
+            return self._transferred[task.index]
+        found: list = []
+        if self.options.transfer and self.db_path and task.best is None:
+            from .transfer import PER_SOURCE, SOURCES, transferred_candidates
+
+            _, mod = self._contexts[task.index]
+            found = transferred_candidates(self.database, self._coverage_context(task), mod,
+                                           sources=SOURCES, per_source=PER_SOURCE,
+                                           seed=self.options.seed * 1000 + task.index)
+            if found:
+                self.transfer["tasks"] += 1
+                self.transfer["candidates"] += len(found)
+        self._transferred[task.index] = found
+        return found
 
     def _round_context(self, rnd: _Round):
         if rnd.coverage:
@@ -493,7 +526,10 @@ class TuningJob:
         self._round_seconds[rnd.coverage].append(time.time() - rnd.started)
         self.convergence.append({"trials": sum(t.trials_done for t in self._tasks),
                                  "seconds": time.time() - self._started,
-                                 "best_ms": self.estimated_latency_ms()})
+                                 "best_ms": self.estimated_latency_ms(),
+                                 # every task measured: the estimate is the whole model's
+                                 "complete": all(t.best is not None or t.default_secs
+                                                 is not None for t in self._tasks)})
         self._round = None
         self._advance_after_update()
 
@@ -507,16 +543,39 @@ class TuningJob:
         if self.db_path:
             self.database.record_default_seconds(mod, task.default_secs)
 
-    def apply_database(self):
+    def apply_database(self, *, transferred: bool = False):
         """The records the build applies: each task's best, where it beats the default
-        schedule (``compile.records_to_apply``); remembers the tasks left at default."""
+        schedule (``compile.records_to_apply``); remembers the tasks left at default.
+        With ``transferred``, a task with no records of its own takes its most promising
+        transferred schedule (an SLA build, measured as a whole before it is kept)."""
         from .compile import records_to_apply
 
         defaults = [t.default_secs for t in self._tasks]
         chosen, kept = records_to_apply(self.database, [m for _, m in self._contexts],
                                         defaults)
         self.kept_default = [self._tasks[i].name for i in kept]
+        if transferred:
+            self._add_transferred(chosen)
         return chosen
+
+    def _add_transferred(self, chosen) -> None:
+        from tvm.s_tir.meta_schedule.database import TuningRecord
+
+        from .coverage import ranked_samples
+
+        target = self.target.tvm_target()
+        for task in self._tasks:
+            if task.best is not None or task.terminated:
+                continue
+            seeded = self._transfer_for(task)
+            if not seeded:
+                continue
+            best = ranked_samples(self._coverage_context(task), self.cost_model, 1,
+                                  seeded=seeded, sample=False)[0]
+            _, mod = self._contexts[task.index]
+            # unmeasured here: the one record of its workload, so its time orders nothing
+            chosen.commit_tuning_record(TuningRecord(
+                best.sch.trace, chosen.commit_workload(mod), [1.0], target, best.args_info))
 
     def _evaluate(self) -> None:
         """Build the whole model from the database and measure it against the SLA."""
@@ -524,7 +583,9 @@ class TuningJob:
         from .compile import compile_tuned
         from .model import random_inputs
 
-        executable = compile_tuned(self.relax_mod, self.target, self.apply_database(),
+        with_transfer = self.options.transfer and self.db_path is not None
+        executable = compile_tuned(self.relax_mod, self.target,
+                                   self.apply_database(transferred=with_transfer),
                                    layout_rewrite=self.layout_rewrite)
         stats = bench.bench_tvm(executable, self.target.device_type,
                                 random_inputs(self.inputs, seed=self.options.seed), repeat=10)
@@ -533,6 +594,7 @@ class TuningJob:
                                  "latency_ms": stats.median_ms})
         if stats.median_ms <= self.options.sla_ms:
             self.stop_reason = "sla met"
+            self._apply_transferred = with_transfer
             self._next = StageKind.COMPILE
             return
         self._advance_after_update(evaluated=True)
@@ -596,7 +658,9 @@ class TuningJob:
         from .finalize import compile_models
 
         self._shutdown_workers()  # no candidate is built or measured after this
-        self._compiled = compile_models(self.relax_mod, self.target, self.apply_database(),
+        self._compiled = compile_models(self.relax_mod, self.target,
+                                        self.apply_database(
+                                            transferred=self._apply_transferred),
                                         layout_rewrite=self.layout_rewrite,
                                         output=self.output, inputs=self.inputs,
                                         untuned=self.measure_baselines)
@@ -619,10 +683,16 @@ class TuningJob:
             "model": self.name, "target": self.target.kind, **timed,
             "trials": sum(t.trials_done for t in self._tasks), "tasks": len(self._tasks),
             "tasks_kept_default": list(self.kept_default), "coverage": dict(self.coverage),
+            "transfer": dict(self.transfer), "shared_model": self._shared_model_summary(),
             "plan": self.plan.as_dict() if self.plan else None,
             "stop_reason": self.stop_reason, "served_from_db": dict(self.served),
             "tuning_seconds": tuning, "stage_seconds": dict(self.stage_seconds),
             "convergence": list(self.convergence)}
+
+    def _shared_model_summary(self) -> dict:
+        summary = getattr(self.cost_model, "summary", None)
+        return summary() if summary else {"enabled": False, "loaded_records": 0,
+                                           "load_seconds": 0.0, "trainings": []}
 
     def _shutdown_workers(self) -> None:
         if self.builder is not None:

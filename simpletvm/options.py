@@ -63,6 +63,12 @@ class TuningOptions:
     layout_rewrite: bool = True
     # "NHWC": convert 2-D convolutions to NHWC before tuning (NCHW: the model's own)
     conv_layout: str = "NCHW"
+    # learning across jobs (costmodel.py, transfer.py; needs a tuning database): use the
+    # target's shared cost model, retrained once this many new measurements are stored;
+    # seed tasks with no records from workloads of the same structure
+    shared_model: bool = True
+    shared_model_every: int = 256
+    transfer: bool = True
     # finalize compares the exported module's outputs with onnxruntime's
     check_outputs: bool = True
     output_rtol: float = 1e-3
@@ -87,7 +93,8 @@ class TuningOptions:
                     "min_repeat_ms": 0, "search_threads": 1, "evaluate_every": 1,
                     "population_size": 1, "init_min_unmeasured": 0, "genetic_num_iters": 0,
                     "builder_max_uses": 1, "coverage_samples": 0, "coverage_measured": 0,
-                    "trials": 0, "max_trials_per_task": 1, "seed": 0}
+                    "trials": 0, "max_trials_per_task": 1, "seed": 0,
+                    "shared_model_every": 1}
         for name, low in at_least.items():
             value = getattr(self, name)
             if value is not None and value < low:
@@ -115,8 +122,8 @@ class TuningOptions:
 _INTS = {"trials", "per_round", "builder_workers", "search_threads", "builder_max_uses",
          "number", "repeat", "min_repeat_ms", "seed", "max_trials_per_task",
          "coverage_samples", "coverage_measured", "evaluate_every", "population_size",
-         "init_min_unmeasured", "genetic_num_iters"}
-_BOOLS = {"reuse", "layout_rewrite", "check_outputs"}
+         "init_min_unmeasured", "genetic_num_iters", "shared_model_every"}
+_BOOLS = {"reuse", "layout_rewrite", "check_outputs", "shared_model", "transfer"}
 
 
 def _flag(name: str) -> str:

@@ -207,6 +207,9 @@ def result_table(result: dict[str, Any]) -> Table:
             ("output check", check_text(result.get("output_check"))),
             ("trials", str(result.get("trials", 0))),
             ("tuning s", f"{result.get('tuning_seconds', 0.0):.1f}")]
+    if result.get("sla_ms") is not None:
+        rows.append(("SLA", f"{fmt_ms(result['sla_ms'])} ms, "
+                            f"{'met' if result.get('sla_met') else 'missed'}"))
     for name, value in rows:
         table.add_row(name, value)
     return table
@@ -231,6 +234,25 @@ def export_line(result: dict[str, Any]) -> str:
     where = f"Exported {what} to {result['artifact']}" if result.get("artifact") else (
         f"Built {what}; nothing exported (no --output)")
     return where + note + "."
+
+
+def learning_line(result: dict[str, Any]) -> str | None:
+    """What the job took from earlier jobs: the shared cost model and transferred
+    schedules (None when it took nothing)."""
+    parts = []
+    shared = result.get("shared_model") or {}
+    if shared.get("loaded_records"):
+        parts.append(f"shared cost model trained on {shared['loaded_records']} records "
+                     f"(loaded in {shared['load_seconds']:.2f} s)")
+    if shared.get("trainings"):
+        last = shared["trainings"][-1]
+        parts.append(f"retrained it {len(shared['trainings'])}x, last on "
+                     f"{last['trained_on']} records in {last['seconds']:.1f} s")
+    moved = result.get("transfer") or {}
+    if moved.get("tasks"):
+        parts.append(f"{moved['tasks']} task(s) seeded with {moved['candidates']} schedules "
+                     f"from similar workloads, {moved['measured']} measured")
+    return ("Learned from earlier jobs: " + "; ".join(parts) + ".") if parts else None
 
 
 def plan_table(plan) -> Table:

@@ -85,3 +85,47 @@ def options_away_from_default() -> dict:
         else:
             out[f.name] = type(default)(default * 2 + 1)
     return out
+
+
+def write_dense_model(path: Path, *, inputs: int, outputs: int, seed: int = 0) -> Path:
+    """``y = relu(x @ w + b)`` with a static ``x`` of shape (1, inputs): models of one
+    structure and several shapes, for schedule transfer."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weight = numpy_helper.from_array(
+        (rng.standard_normal((inputs, outputs)) / np.sqrt(inputs)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(outputs).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Add", ["h", "b"], ["a"]), helper.make_node("Relu", ["a"], ["y"])],
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, inputs])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, outputs])],
+        initializer=[weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def extract_task_mods(model_path: Path, target: str = '{"kind": "llvm", "num-cores": 1}', *,
+                      layout_rewrite: bool = False):
+    """The model's tuning tasks (TIR modules) the way the engine extracts them."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from simpletvm import model as m
+    from simpletvm.compile import prepare_module
+    from simpletvm.intrin import load_intrinsics
+    from simpletvm.targets import resolve_target
+
+    load_intrinsics("llvm")
+    spec = resolve_target(target)
+    onnx_model = m.load_onnx(model_path)
+    mod = prepare_module(m.to_relax(onnx_model, m.model_inputs(onnx_model)), spec)
+    tasks = ms.relax_integration.extract_tasks(
+        m.fuse_for_tuning(mod, spec.tvm_target(), layout_rewrite=layout_rewrite), spec.tvm_target())
+    return spec, [t.dispatched[0] for t in tasks]
