@@ -200,13 +200,13 @@ def cmd_report(args) -> int:
     cold = {r["repeat"]: r["result"] for r in by_arm["cold"]}
     print("| arm | tuned ms, median (min-max) | spread | estimate at budget end, ms | "
           "time to cold's final estimate, s (share of cold's time) | time to 1.2x ORT, s | "
-          "tasks seeded, measured |")
-    print("|---|---|---|---|---|---|---|")
+          "tasks seeded, measured | retraining, share of tuning time |")
+    print("|---|---|---|---|---|---|---|---|")
     for arm, arm_rows in by_arm.items():
         if not arm_rows:
             continue
         tuned = [r["result"]["tuned_ms"] for r in arm_rows]
-        ends, reach, reach_ort, seeded = [], [], [], []
+        ends, reach, reach_ort, seeded, retrain = [], [], [], [], []
         for r in arm_rows:
             res, curve = r["result"], _curve(r["result"])
             ends.append(curve[-1][1] if curve else None)
@@ -219,10 +219,13 @@ def cmd_report(args) -> int:
             reach_ort.append(_fmt(hit, 0))
             t = res.get("transfer") or {}
             seeded.append(f"{t.get('tasks', 0)}, {t.get('measured', 0)}")
+            trained = sum(x["seconds"] for x in (res.get("shared_model") or {}).get(
+                "trainings", []))
+            retrain.append(f"{trained:.1f} s ({trained / res['tuning_seconds'] * 100:.1f}%)")
         spread = (max(tuned) - min(tuned)) / statistics.median(tuned) * 100
         print(f"| {arm} | {statistics.median(tuned):.3f} ({min(tuned):.3f}-{max(tuned):.3f}) | "
               f"{spread:.0f}% | {' / '.join(_fmt(e, 3) for e in ends)} | {' / '.join(reach)} | "
-              f"{' / '.join(reach_ort)} | {' / '.join(seeded)} |")
+              f"{' / '.join(reach_ort)} | {' / '.join(seeded)} | {' / '.join(retrain)} |")
     ort = [r["result"]["onnxruntime_ms"] for r in runs]
     if ort:
         print(f"\nonnxruntime: median {statistics.median(ort):.3f} ms over the runs")

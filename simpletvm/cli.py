@@ -69,6 +69,9 @@ def tune(
         "Compare the exported module's outputs with onnxruntime's."))] = True,
     shared_model: Annotated[bool, typer.Option(help=(
         "Start from the target's cost model shared in the tuning database."))] = True,
+    shared_model_every: Annotated[int, typer.Option(help=(
+        "Retrain the shared cost model once this many new measurements are stored."))] = (
+        TuningOptions().shared_model_every),
     transfer: Annotated[bool, typer.Option(help=(
         "Seed new tasks with schedules of similar workloads in the database."))] = True,
     json_out: JsonOpt = False,
@@ -93,6 +96,7 @@ def tune(
                              init_min_unmeasured=min(50, population),
                              layout_rewrite=layout_rewrite, check_outputs=output_check,
                              conv_layout=conv_layout.upper(), shared_model=shared_model,
+                             shared_model_every=shared_model_every,
                              transfer=transfer).validate()
         spec = JobSpec(model=str(model), target=target, options=opts,
                        input_shapes=_shapes(input_shape),
@@ -324,8 +328,8 @@ def db_train(
     threads: Annotated[int | None, typer.Option(help="Training threads (default: all).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train TARGET's shared cost model now, on every measurement stored for it
-    (jobs retrain it themselves every --option shared_model_every new ones)."""
+    """Train TARGET's shared cost model now, on every measurement stored for it (jobs
+    retrain it themselves every `tune --shared-model-every` new ones)."""
 
     def body() -> None:
         from .costmodel import SharedModelStore
@@ -350,5 +354,34 @@ def db_train(
     render.run_cli(body)
 
 
+def run_app(typer_app: typer.Typer) -> None:
+    """Run a command-line app: a usage error (an unknown option, a missing argument, a bad
+    value) is one line, ``Error: ... (see CMD --help)``, and exit status 2; no arguments
+    print the help (exit 2) and ``--help`` exits 0, as before. superb runs its app here."""
+    import sys
+
+    try:  # recent typer vendors click: its errors derive from TyperException
+        from typer import TyperException as CliError
+    except ImportError:  # pragma: no cover - an older typer, on click itself
+        from click import ClickException as CliError
+
+    try:
+        code = typer_app(standalone_mode=False)
+    except CliError as exc:
+        code = getattr(exc, "exit_code", 2)
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help (rich prints it itself)
+            if message:
+                typer.echo(exc.format_message(), err=True)
+        else:
+            ctx = getattr(exc, "ctx", None)
+            see = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"Error: {message}{see}", err=True)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def main() -> None:
-    app()
+    run_app(app)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -296,6 +297,6 @@ def rows_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Ta
     for col in columns:
         table.add_column(col)
     for row in rows:
-        table.add_row(*[fmt_ms(row[c]) if isinstance(row[c], float) else str(row[c])
-                        for c in columns])
+        table.add_row(*[fmt_ms(row[c]) if isinstance(row[c], float)
+                        else "-" if row[c] is None else escape(str(row[c])) for c in columns])
     return table

@@ -90,5 +90,6 @@ def transferred_candidates(database, ctx, mod, *, sources: int, per_source: int,
             if shash in seen:
                 continue
             seen.add(shash)
-            out.append(MeasureCandidate(sch, ArgInfo.from_prim_func(sch.mod["main"])))
+            # in the layout the schedule rewrote the weights to, as MetaSchedule measures them
+            out.append(MeasureCandidate(sch, ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
     return out

@@ -139,17 +139,27 @@ def test_structure_key_ignores_shapes_but_not_operators(dense_models, cnn_model)
     assert structure_key(a) not in {structure_key(m) for m in cnn}
 
 
-@pytest.fixture(scope="module")
-def warm_db(dense_models, tmp_path_factory):
-    """Model a tuned into a fresh database: 24 measurements of its one task."""
+def _tuned_db(model, db, **options):
+    """``model`` tuned into a fresh database ``db``: 24 measurements of its one task."""
     from simpletvm.options import SHRUNK_SEARCH, TuningOptions
 
-    db = tmp_path_factory.mktemp("warm") / "warm.db"
-    options = TuningOptions(trials=24, per_round=8, seed=1, layout_rewrite=False,
-                            search_threads=1, builder_workers=1, **SHRUNK_SEARCH)
-    TuningJob.from_model(dense_models[0], options=options, db_path=db,
-                         measure_baselines=False).run_all()
+    options = TuningOptions(trials=24, per_round=8, seed=1, search_threads=1,
+                            builder_workers=1, **SHRUNK_SEARCH, **options)
+    TuningJob.from_model(model, options=options, db_path=db, measure_baselines=False).run_all()
     return db
+
+
+@pytest.fixture(scope="module")
+def warm_db(dense_models, tmp_path_factory):
+    """Model a tuned as jobs tune it (weights' layout rewritten by the schedules)."""
+    return _tuned_db(dense_models[0], tmp_path_factory.mktemp("warm") / "warm.db")
+
+
+@pytest.fixture(scope="module")
+def plain_db(dense_models, tmp_path_factory):
+    """Model a tuned with the weights' layout kept, so its kernels take the plain weights."""
+    return _tuned_db(dense_models[0], tmp_path_factory.mktemp("plain") / "plain.db",
+                     layout_rewrite=False)
 
 
 def _tiles_fit(trace, mod) -> list[bool]:
@@ -170,7 +180,7 @@ def _tiles_fit(trace, mod) -> list[bool]:
 
 
 @pytest.mark.slow
-def test_a_trace_replays_on_another_shape_with_its_tiles_resampled(dense_models, warm_db):
+def test_a_trace_replays_on_another_shape_with_its_tiles_resampled(dense_models, plain_db):
     import tvm
     import tvm_ffi
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
@@ -181,7 +191,7 @@ def test_a_trace_replays_on_another_shape_with_its_tiles_resampled(dense_models,
 
     spec, (a,) = extract_task_mods(dense_models[0], "llvm")  # the warm job's target
     _, (b,) = extract_task_mods(dense_models[1], "llvm")
-    db = SQLiteDatabase(warm_db, target_key=spec.key)
+    db = SQLiteDatabase(plain_db, target_key=spec.key)
     (similar,) = db.similar_workloads(b, limit=4)
     assert tvm_ffi.structural_equal(similar.mod, a)
     records = db.get_top_k(Workload(a), 8)
@@ -219,8 +229,8 @@ def _copy_db(src, dst) -> None:
 def _options(**kw):
     from simpletvm.options import SHRUNK_SEARCH, TuningOptions
 
-    base = dict(trials=8, per_round=4, seed=2, coverage_measured=4, layout_rewrite=False,
-                search_threads=1, builder_workers=1, shared_model_every=8, **SHRUNK_SEARCH)
+    base = dict(trials=8, per_round=4, seed=2, coverage_measured=4, search_threads=1,
+                builder_workers=1, shared_model_every=8, **SHRUNK_SEARCH)
     return TuningOptions(**{**base, **kw})
 
 
@@ -240,6 +250,10 @@ def test_a_new_job_learns_from_the_database_and_opting_out_restores_todays_behav
     # shared model in its update stage, and its own task was seeded from model a's
     assert warm["shared_model"]["trainings"][0]["trained_on"] >= 24
     assert warm["transfer"]["tasks"] == 1 and warm["transfer"]["measured"] >= 2
+    # and they ran: measured in the weight layout their schedule rewrote (none failed)
+    with sqlite3.connect(db) as conn:
+        failed = conn.execute("SELECT COUNT(*) FROM records WHERE mean_secs >= 1e9").fetchone()
+    assert failed == (0,)
     stats = json.loads(CliRunner().invoke(app, ["db", "stats", "--db", str(db),
                                                 "--json"]).stdout)
     (model,) = stats["shared_models"]
