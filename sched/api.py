@@ -21,6 +21,7 @@ from .analysis import makespan as _makespan
 from .analysis import utilisation as _utilisation
 from .devices import check_kind, check_name, device_rpc
 from .jobs import job_spec, mock_spec, split_specs, tvm_spec
+from .limits import MAX_PRIORITY, check_int, check_seconds
 from .models import JobKind, JobRecord, JobState, StageRow, Usage
 from .paths import ensure_private_dir, log_file, pid_file, resolve_db
 from .pidfile import running_pid
@@ -40,6 +41,16 @@ _LAUNCHER = (
 
 class DaemonError(RuntimeError):
     """The daemon could not be started, reached or stopped (the message says why)."""
+
+
+class DaemonConflict(DaemonError):
+    """The user's mistake, not a fault: a daemon already runs, or none runs to stop."""
+
+
+def _already_running(db: Path, pid: int) -> DaemonConflict:
+    return DaemonConflict(
+        f"a daemon already runs for {db} (pid {pid}); stop it first with: sched stop --db {db}"
+    )
 
 
 def daemon_pid(db_path: str | os.PathLike[str] | None) -> int | None:
@@ -77,33 +88,37 @@ def start_daemon(
     """Start a background daemon (its own session, not our child) and wait until it serves."""
     db = resolve_db(db_path)
     ensure_private_dir(db.parent)
-    pid = daemon_pid(db)
-    if pid is not None:
-        raise DaemonError(f"a daemon already runs for {db} (pid {pid}); stop it with sched stop")
-    env = dict(os.environ)
     args = daemon_args(db, strategy=strategy, resources=resources, extra=extra)
-    launched = subprocess.run(
-        [sys.executable, "-c", _LAUNCHER, str(log_file(db)), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    pid = int(launched.stdout.strip())
     registry = Registry(db)
-    deadline = time.monotonic() + ready_timeout
     try:
-        while time.monotonic() < deadline:
-            if registry.get_setting("daemon_pid") == str(pid) and daemon_pid(db) == pid:
-                return pid
-            if not _pid_alive(pid):
-                raise DaemonError(f"the daemon exited at start-up; see {log_file(db)}")
-            time.sleep(0.02)
+        registry.check()  # a damaged registry: one line here, not a daemon that dies
+        pid = daemon_pid(db)
+        if pid is not None:
+            raise _already_running(db, pid)
+        launched = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(log_file(db)), *args],
+            capture_output=True, text=True, env=dict(os.environ), check=True,
+        )  # fmt: skip
+        return _await_ready(registry, int(launched.stdout.strip()), ready_timeout)
     finally:
         registry.close()
-    raise DaemonError(
-        f"the daemon did not become ready in {ready_timeout:.0f} s; see {log_file(db)}"
-    )
+
+
+def _await_ready(registry: Registry, pid: int, timeout: float) -> int:
+    """Wait until the daemon ``pid`` serves; a daemon that lost the race for the pid file
+    to another one started at the same moment names the winner."""
+    db = registry.path
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if registry.get_setting("daemon_pid") == str(pid) and daemon_pid(db) == pid:
+            return pid
+        if not _pid_alive(pid):
+            winner = daemon_pid(db)
+            if winner is not None and winner != pid:
+                raise _already_running(db, winner)
+            raise DaemonError(f"the daemon exited at start-up; see {log_file(db)}")
+        time.sleep(0.02)
+    raise DaemonError(f"the daemon did not become ready in {timeout:.0f} s; see {log_file(db)}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -118,16 +133,22 @@ def _pid_alive(pid: int) -> bool:
 
 def stop_daemon(db_path: str | os.PathLike[str] | None, *, timeout: float = 30) -> None:
     """Ask the daemon to stop (running stages finish first) and wait until it has."""
+    check_seconds("--timeout", timeout)
     db = resolve_db(db_path)
     pid = daemon_pid(db)
     if pid is None:
-        raise DaemonError(f"no sched daemon runs for {db}; start one with: sched start --db {db}")
+        raise DaemonConflict(
+            f"no sched daemon runs for {db}; start one with: sched start --db {db}"
+        )
     if pid > 0:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while daemon_pid(db) is not None:
         if time.monotonic() > deadline:
-            raise DaemonError(f"the daemon (pid {pid}) did not stop within {timeout:.0f} s")
+            raise DaemonError(
+                f"the daemon (pid {pid}) did not stop within {timeout:.0f} s; "
+                f"see {log_file(db)}"
+            )
         time.sleep(0.02)
 
 
@@ -165,6 +186,7 @@ def submit(
     """
     if sum(x is not None for x in (mock, model, job)) != 1:
         raise ValueError("give exactly one of a MODEL path or --mock SPEC")
+    check_int("--priority", priority, -MAX_PRIORITY, MAX_PRIORITY)
     if mock is not None:
         spec, device_kind = mock_spec(mock)
         kind = JobKind.MOCK

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
@@ -17,8 +20,11 @@ from typer.exceptions import TyperException
 from simpletvm.options import DEFAULT_PER_ROUND, FIXED_DEFAULT_TRIALS
 
 from . import api, render, report
-from .paths import resolve_db
+from .limits import HEARTBEAT_S, MAX_JOB_ID, check_daemon_limits, check_seconds
+from .paths import ensure_private_dir, resolve_db, state_dir
 from .registry import Registry
+from .registry.health import damaged
+from .render import plain, printable
 
 app = typer.Typer(
     help="A load-aware scheduler daemon for autotuning jobs on shared hardware.",
@@ -35,21 +41,33 @@ Db = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-JobId = Annotated[int, typer.Argument(help="The job id (see sched jobs).")]
+JobId = Annotated[
+    int, typer.Argument(help="The job id (see sched jobs).", min=1, max=MAX_JOB_ID)
+]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr, no traceback."""
-    print(f"Error: {message}", file=sys.stderr)
+    """One line on stderr (control characters shown escaped), no traceback."""
+    print(f"Error: {printable(message)}", file=sys.stderr)
     raise typer.Exit(code)
 
 
 @contextmanager
-def errors() -> Iterator[None]:
+def errors(db: str | None = None) -> Iterator[None]:
+    """The one rule for exit statuses: 2 for the user's mistake (bad input, a damaged or
+    missing registry, a daemon already running or not running), 1 for a fault of ours
+    (with the log to read); ``main`` handles anything else the same way."""
     try:
         yield
-    except (ValueError, KeyError) as exc:
+    except api.DaemonConflict as exc:
+        fail(str(exc), 2)
+    except (ValueError, KeyError) as exc:  # a RegistryError is a ValueError
         fail(str(exc.args[0]) if exc.args else str(exc), 2)
+    except sqlite3.DatabaseError as exc:
+        problem = damaged(resolve_db(db), exc)
+        if problem is None:
+            raise
+        fail(str(problem), 2)
     except (api.DaemonError, TimeoutError) as exc:
         fail(str(exc), 1)
 
@@ -97,7 +115,8 @@ def start(
     extra = ["--max-jobs", str(max_jobs), "--heartbeat-timeout", str(heartbeat_timeout)]
     if preempt is not None:
         extra.append("--preempt" if preempt else "--no-preempt")
-    with errors():
+    with errors(db):
+        check_daemon_limits(max_jobs, HEARTBEAT_S, heartbeat_timeout)
         if foreground:
             from .daemon import main as daemon_main
 
@@ -106,7 +125,7 @@ def start(
             )[3:]
             raise typer.Exit(daemon_main(args))
         pid = api.start_daemon(db, strategy=strategy, resources=resource, extra=extra)
-    console.print(f"sched daemon started, pid {pid}, db {resolve_db(db)}")
+    console.print(plain(f"sched daemon started, pid {pid}, db {resolve_db(db)}"))
 
 
 @app.command()
@@ -114,7 +133,7 @@ def stop(
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 60.0, db: Db = None
 ) -> None:
     """Stop the daemon gracefully: running stages finish, queued work resumes at the next start."""
-    with errors():
+    with errors(db):
         api.stop_daemon(db, timeout=timeout)
     console.print("sched daemon stopped")
 
@@ -127,13 +146,18 @@ def status(
     db: Db = None,
 ) -> None:
     """Resources with holders and utilisation; jobs with stage, wait reason and progress."""
-    registry = _registry(db)
-    if as_json:
-        emit(report.status(registry))
-        return
-    if not watch:
-        console.print(render.status_view(report.status(registry)))
-        return
+    with errors(db):
+        check_seconds("--interval", interval)
+        registry = _registry(db)
+        if as_json:
+            emit(report.status(registry))
+        elif not watch:
+            console.print(render.status_view(report.status(registry)))
+        else:
+            _watch(registry, interval)
+
+
+def _watch(registry: Registry, interval: float) -> None:
     try:
         with Live(render.status_view(report.status(registry)), console=console) as live:
             while True:
@@ -150,7 +174,9 @@ def list_jobs(
     db: Db = None,
 ) -> None:
     """List queued and running jobs (--all: every job)."""
-    found = [report.job_summary(j) for j in _registry(db).list_jobs(include_finished=all_jobs)]
+    with errors(db):
+        jobs = _registry(db).list_jobs(include_finished=all_jobs)
+    found = [report.job_summary(j) for j in jobs]
     if as_json:
         emit(found)
     else:
@@ -234,7 +260,7 @@ def submit(
     db: Db = None,
 ) -> None:
     """Queue a tuning job (or a mock one); works while the daemon is down."""
-    with errors():
+    with errors(db):
         job_id = api.submit(
             db,
             mock=mock,
@@ -293,7 +319,7 @@ def _option_value(raw: str) -> Any:
 @app.command()
 def cancel(job_id: JobId, db: Db = None) -> None:
     """Cancel a job: queued ones at once, running ones as soon as the daemon sees it."""
-    with errors():
+    with errors(db):
         state = api.cancel(db, job_id)
     console.print(f"job {job_id}: {'cancel requested' if state == 'running' else state}")
 
@@ -308,20 +334,24 @@ def logs(
     db: Db = None,
 ) -> None:
     """The job's events (requests, grants, stage runs) and its runner's output."""
-    registry = _registry(db)
-    with errors():
+    with errors(db):
+        registry = _registry(db)
         if registry.job(job_id) is None:
             raise KeyError(f"no such job: {job_id}")
-    events = registry.events(job_id=job_id)
-    if as_json:
-        emit({"events": events, "runner_log": report.runner_log(registry, job_id)})
-        return
-    console.print(render.events_table(events))
-    text = report.runner_log(registry, job_id)
-    if text:
-        console.print(text, markup=False, highlight=False)
-    last = events[-1]["id"] if events else 0
-    while follow and not registry.job(job_id)["state"].terminal:
+        events = registry.events(job_id=job_id)
+        if as_json:
+            emit({"events": events, "runner_log": report.runner_log(registry, job_id)})
+            return
+        console.print(render.events_table(events))
+        text = report.runner_log(registry, job_id)
+        if text:
+            console.print(printable(text, keep="\n\t"), markup=False, highlight=False)
+        if follow:
+            _follow(registry, job_id, events[-1]["id"] if events else 0)
+
+
+def _follow(registry: Registry, job_id: int, last: int) -> None:
+    while not registry.job(job_id)["state"].terminal:
         time.sleep(0.5)
         new = registry.events(job_id=job_id, after_id=last)
         if new:
@@ -332,11 +362,11 @@ def logs(
 @app.command()
 def result(job_id: JobId, as_json: Json = False, db: Db = None) -> None:
     """The exported artifact, its latency, and the untuned and onnxruntime comparison."""
-    with errors():
+    with errors(db):
         job = api.job(db, job_id)
     if job["state"] != "done":
         why = f": {job['error']}" if job["error"] else ""
-        fail(f"job {job_id} is {job['state']}{why}; results exist once it is done", 1)
+        fail(f"job {job_id} is {job['state']}{why}; results exist once it is done", 2)
     if as_json:
         emit(job["result"])
     else:
@@ -351,14 +381,14 @@ def timeline(
     db: Db = None,
 ) -> None:
     """Stages per resource and job over time, from the event log."""
-    rows = api.events(db, job_id=job)
-    if output:
-        from .timeline import draw
+    with errors(db):
+        rows = api.events(db, job_id=job)
+        if output:
+            from .timeline import draw
 
-        with errors():
             path = draw(rows, output)
-        if not as_json:
-            console.print(f"wrote {path}")
+    if output and not as_json:
+        console.print(plain(f"wrote {path}"))
     if as_json:
         emit(rows)
     elif not output:
@@ -374,10 +404,10 @@ def strategy(
     db: Db = None,
 ) -> None:
     """Show or change the strategy; a running daemon applies a change at its next pass."""
-    if name is None:
-        console.print(_registry(db).get_setting("strategy", "interleaved"))
-        return
-    with errors():
+    with errors(db):
+        if name is None:
+            console.print(plain(_registry(db).get_setting("strategy", "interleaved")))
+            return
         chosen = api.set_strategy(db, name)
     running = api.daemon_pid(db) is not None
     console.print(f"strategy {chosen}" + ("" if running else " (applies when a daemon starts)"))
@@ -412,20 +442,22 @@ def device_add(
     db: Db = None,
 ) -> None:
     """Register one RPC server as an exclusive device (a running daemon sees it at once)."""
-    with errors():
+    with errors(db):
         device = api.add_device(
             db, name, tracker=tracker, key=key, server=server, kind=kind, timeout=timeout
         )
     if as_json:
         emit(device)
     else:
-        console.print(f"added device {name} ({render.rpc_address(device['rpc'])}), kind {kind}")
+        address = render.rpc_address(device["rpc"])
+        console.print(plain(f"added device {name} ({address}), kind {kind}"))
 
 
 @device_app.command("list")
 def device_list(as_json: Json = False, db: Db = None) -> None:
     """Remote devices: kind, address, up or down (and why), and which job holds each."""
-    found = api.devices(db)
+    with errors(db):
+        found = api.devices(db)
     if as_json:
         emit(found)
     else:
@@ -438,9 +470,9 @@ def device_remove(
     db: Db = None,
 ) -> None:
     """Forget a remote device; refused while a stage measures on it."""
-    with errors():
+    with errors(db):
         api.remove_device(db, name)
-    console.print(f"removed device {name}")
+    console.print(plain(f"removed device {name}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,9 +487,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except TyperException as exc:  # usage errors: unknown option, bad value, missing argument
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"Error: {message} (see sched --help)", file=sys.stderr)
+        print(f"Error: {printable(message)} (see sched --help)", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2) or 2)
+    except Exception as exc:  # noqa: BLE001 - a fault of ours: status 1 and the log to read
+        print(f"Error: internal error: {printable(type(exc).__name__)}: {printable(exc)}; "
+              f"{_log_fault()}", file=sys.stderr)  # fmt: skip
+        return 1
     return code if isinstance(code, int) else 0
+
+
+def _log_fault() -> str:
+    """Append the current traceback to a private log in the user's state directory;
+    where it is, said for the error line."""
+    path = state_dir() / "sched-cli.log"
+    try:
+        ensure_private_dir(path.parent)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(path, flags, 0o600), "a") as fh:  # private, never a link
+            traceback.print_exc(file=fh)
+    except OSError as exc:
+        return f"its traceback could not be written to {path} ({exc.strerror})"
+    return f"the traceback is in {path}"
 
 
 if __name__ == "__main__":

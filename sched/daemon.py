@@ -24,10 +24,12 @@ from . import runner
 from .devices import backoff, probe
 from .dispatch import Dispatcher
 from .jobs import kind_of_target, preload, target_kind
+from .limits import HEARTBEAT_S, check_daemon_limits
 from .models import JobKind, Resource, ResourceKind
-from .paths import log_file, pid_file, resolve_db, runner_log_dir
-from .pidfile import PidFile
-from .registry import Registry
+from .paths import log_file, pid_file, resolve_db, runner_log, runner_log_dir
+from .pidfile import PidFile, running_pid
+from .registry import Registry, RegistryError
+from .registry.health import check_file, damaged
 from .resources import detect
 from .strategies import get_strategy
 
@@ -48,7 +50,7 @@ class DaemonConfig:
     resources: list[Resource] | None = None
     max_jobs: int = 64  # runners alive at once
     retry_limit: int = 3
-    heartbeat: float = 1.0  # seconds between a runner's heartbeats
+    heartbeat: float = HEARTBEAT_S  # seconds between a runner's heartbeats
     heartbeat_timeout: float = 10.0  # a lease silent this long gets its runner killed
     stop_timeout: float = 30.0  # how long a graceful stop lets running stages finish
     preload: list[str] = field(default_factory=list)
@@ -63,6 +65,10 @@ STOP_WAIT_S = 1.0  # how long a suspension waits for a runner's processes to sto
 
 class AlreadyRunning(RuntimeError):
     pass
+
+
+class RegistryLost(RuntimeError):
+    """The registry file was removed, replaced or damaged under the daemon."""
 
 
 class Daemon:
@@ -81,12 +87,21 @@ class Daemon:
         self._preloaded: set[str] = set()
         self._last_housekeeping = 0.0
         self._spawn_pending = False  # queued jobs left for the next pass to fork
+        self.identity: tuple[int, int] | None = None  # the registry's (device, inode)
+        self.abandoned = False  # stopped without touching a lost registry (_abandon)
 
     # -- life cycle ------------------------------------------------------------------
     def initialize(self, *, now: float | None = None) -> None:
         now = time.time() if now is None else now
+        self.registry.check()  # before the pid lock: a new registry may be created
         if not self.pidfile.acquire():
-            raise AlreadyRunning(f"a daemon already runs for {self.db_path}")
+            pid = running_pid(self.pidfile.path)
+            raise AlreadyRunning(
+                f"a daemon already runs for {self.db_path} (pid {pid}); "
+                f"stop it first with: sched stop --db {self.db_path}"
+            )
+        info = os.stat(self.db_path)
+        self.identity = (info.st_dev, info.st_ino)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -117,20 +132,57 @@ class Daemon:
     def _on_stop(self, *_: object) -> None:
         self.stopping = True
 
-    def run_forever(self) -> None:
+    def run_forever(self) -> int:
+        """Serve until stopped: 0, or 1 if the registry was lost (``_abandon``)."""
+        fault = None
         while True:
             try:
+                self._check_registry()
                 self.loop()
-            except Exception:  # an internal fault: log it, keep serving; state is in the db
-                traceback.print_exc()
-                sys.stderr.flush()
-                time.sleep(1.0)
+                fault = None
+            except RegistryLost as exc:
+                return self._abandon(str(exc))
+            except Exception as exc:
+                lost = damaged(self.db_path, exc)
+                if lost is not None:
+                    return self._abandon(str(lost))
+                fault = _log_fault(exc, fault)
             if self.stopping and self._stop_finished():
                 break
             if self._spawn_pending:
                 continue  # more queued jobs to fork: no sleep between batches
             self._wait(0.05 if self.stopping or self._adopted() else 0.5)
         self.shutdown()
+        return 0
+
+    def _check_registry(self) -> None:
+        """Each pass: the registry is still the file we opened, and sound (its ``-wal``)."""
+        if self.identity is None:
+            return  # not initialised (tests drive loop() by hand)
+        try:
+            info = os.stat(self.db_path)
+        except FileNotFoundError:
+            raise RegistryLost(f"the registry {self.db_path} was removed") from None
+        if (info.st_dev, info.st_ino) != self.identity:
+            raise RegistryLost(f"the registry {self.db_path} was replaced by another file")
+        try:
+            check_file(self.db_path, header=False)
+        except RegistryError as exc:
+            raise RegistryLost(str(exc)) from None
+
+    def _abandon(self, reason: str) -> int:
+        """Stop at once without writing to the registry: kill the runners (their jobs stay
+        ``running`` there; a daemon started on the restored file requeues them) and free
+        the pid file. The SQLite connection is left open: closing it could checkpoint a
+        damaged log into the file, so ``main`` ends the process with ``os._exit``."""
+        print(f"sched daemon {os.getpid()} stops: {reason}; its runners were killed and the "
+              f"registry was not touched", flush=True)  # fmt: skip
+        for found in list(self.runners.values()):
+            self._kill(found)
+        self.runners.clear()
+        self.pidfile.release()
+        self.abandoned = True
+        return 1
 
     def _adopted(self) -> bool:
         return any(not r.child for r in self.runners.values())
@@ -233,6 +285,7 @@ class Daemon:
         """Fork one runner per (job, attempt) already claimed."""
         if not batch:
             return
+        self._check_registry()  # closing a connection checkpoints: never a damaged log
         # SQLite state must not cross fork (its per-inode lock bookkeeping would be
         # inherited): close our connection; the next registry call reopens it.
         self.registry.close()
@@ -293,9 +346,10 @@ class Daemon:
         for other in self.runners.values():
             if other.wake_fd is not None:
                 os.close(other.wake_fd)
-        logs = runner_log_dir(self.db_path)
-        logs.mkdir(mode=0o700, exist_ok=True)
-        out = os.open(logs / f"job-{job_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.umask(0o077)  # what the job writes (tuning database, module) is the user's only
+        runner_log_dir(self.db_path).mkdir(mode=0o700, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        out = os.open(runner_log(self.db_path, job_id), flags, 0o600)
         os.dup2(out, 1)
         os.dup2(out, 2)
         os.close(out)
@@ -414,6 +468,17 @@ class Daemon:
                 self._gone(found, "cancelled", charge=False, now=now)
 
 
+def _log_fault(exc: Exception, last: str | None) -> str:
+    """An internal fault: log it and keep serving (the state is in the db). The same fault
+    again is not logged again until a pass has succeeded; returns its text."""
+    text = f"{type(exc).__name__}: {exc}"
+    if text != last:
+        traceback.print_exc()
+        sys.stderr.flush()
+    time.sleep(1.0)
+    return text
+
+
 def _alive(pid: int, started: float | None) -> bool:
     """Is this exact process (pid plus start time) still alive and not a zombie?"""
     if not pid:
@@ -489,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy")
     parser.add_argument("--resource", action="append", default=[])
     parser.add_argument("--max-jobs", type=int, default=64)
-    parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_S)
     parser.add_argument("--heartbeat-timeout", type=float, default=10.0)
     parser.add_argument("--retry-limit", type=int, default=3)
     parser.add_argument("--preload", action="append", default=[])
@@ -497,7 +562,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preempt", dest="preempt", action="store_true")
     args = parser.parse_args(argv)
     db = resolve_db(args.db)
-    config = DaemonConfig(
+    try:
+        check_daemon_limits(args.max_jobs, args.heartbeat, args.heartbeat_timeout)
+        daemon = Daemon(db, _config(args))
+        daemon.initialize()
+    except (AlreadyRunning, ValueError) as exc:  # a RegistryError is a ValueError
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    daemon.install_signals()
+    print(f"sched daemon {os.getpid()} serving {db} (log {log_file(db)})", flush=True)
+    code = daemon.run_forever()
+    if daemon.abandoned:  # exit without closing SQLite (see Daemon._abandon)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _config(args: argparse.Namespace) -> DaemonConfig:
+    return DaemonConfig(
         strategy=args.strategy,
         resources=detect(args.resource) if args.resource else None,
         max_jobs=args.max_jobs,
@@ -507,16 +590,6 @@ def main(argv: list[str] | None = None) -> int:
         preload=args.preload,
         preempt=args.preempt,
     )
-    daemon = Daemon(db, config)
-    try:
-        daemon.initialize()
-    except AlreadyRunning as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
-    daemon.install_signals()
-    print(f"sched daemon {os.getpid()} serving {db} (log {log_file(db)})", flush=True)
-    daemon.run_forever()
-    return 0
 
 
 if __name__ == "__main__":

@@ -33,8 +33,10 @@ from simpletvm.spec import JobSpec
 from simpletvm.targets import parse_target
 
 from .devices import REMOTE_STAGES, is_remote, job_device_kind
+from .limits import MAX_SPLIT, check_int
 from .mockjob import MockJob, MockSpec
 from .models import JobKind
+from .paths import private_job_dir
 from .resources import device_kind_for_mock, device_kind_for_target, device_kind_of_target
 
 __all__ = ["TUNING_OPTIONS", "SCHED_DEFAULTS", "build_job", "parse_duration", "tvm_spec"]
@@ -199,8 +201,7 @@ def split_specs(
     ``parts`` sub-job specs, each tuning the tasks whose index is ``k`` modulo ``parts``."""
     if mock is not None:
         raise ValueError("--split applies to TVM jobs, not --mock ones")
-    if parts < 2:
-        raise ValueError(f"--split must be at least 2, got {parts}")
+    check_int("--split", parts, 2, MAX_SPLIT)
     job = row_job_spec(spec)
     if job.options.sla_ms is not None:
         raise ValueError("--split does not combine with --sla-ms yet; give one or the other")
@@ -226,26 +227,20 @@ def stage_info(row: dict[str, Any], request: Any) -> dict[str, Any]:
     return info
 
 
-def job_dir(db_path: Path, job_id: int) -> Path:
-    return db_path.with_name(db_path.name + ".jobs") / f"job-{job_id}"
-
-
 def build_job(row: dict[str, Any], *, db_path: Path) -> Any:
     """Build the job object inside the runner, after the fork."""
     spec = row["spec"]
     if row["kind"] == JobKind.MOCK.value:
         return MockJob(spec["mock"], completed=row["stages_done"])
     job = row_job_spec(spec)
-    work = job_dir(db_path, row["id"])
-    work.mkdir(parents=True, exist_ok=True)
+    work = private_job_dir(db_path, row["id"])
     output = job.output or str(work / f"{Path(job.model).stem}.so")
     tuning_db = job.tuning_db or str(work / "tuning.db")
     changes: dict[str, Any] = {
         name: value for name, value in SCHED_DEFAULTS.items() if getattr(job.options, name) is None
     }
     if row.get("parent_id") is not None:  # a sub-job: the parent's database, its tasks
-        shared = job_dir(db_path, row["parent_id"])
-        shared.mkdir(parents=True, exist_ok=True)
+        shared = private_job_dir(db_path, row["parent_id"])
         tuning_db = job.tuning_db or str(shared / "tuning.db")
         k, parts = spec["task_split"]
         changes["only_tasks"] = range(k, sys.maxsize, parts)  # task index modulo parts

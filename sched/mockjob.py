@@ -18,11 +18,14 @@ from typing import Any
 
 from simpletvm.stages import CPU, DEVICE, StageKind, StageOutcome, StageRequest
 
+from .limits import MAX_POOL, MAX_PROBES, MAX_ROUNDS, MAX_STAGE_SECONDS
+
 TRIALS_PER_ROUND = 16
 _FLOAT_KEYS = ("prepare", "search", "build", "measure", "update", "finalize", "jitter")
 _INT_KEYS = ("rounds", "seed", "workers", "probe")
 _CHOICES = {"cpu": ("burn", "sleep"), "device": ("any", "gpu", "cpu")}
 KEYS = _FLOAT_KEYS + _INT_KEYS + tuple(_CHOICES)
+_MAXIMA = {"rounds": MAX_ROUNDS, "workers": MAX_POOL, "probe": MAX_PROBES, "seed": 2**63 - 1}
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,9 @@ def _convert(key: str, raw: str) -> Any:
         raise ValueError(f"mock spec {key}={raw!r}: expected a finite number")
     if value < 0:
         raise ValueError(f"mock spec {key}={raw!r}: must not be negative")
+    limit = _MAXIMA.get(key, MAX_STAGE_SECONDS)
+    if value > limit:  # rounds=1e9 would plan four billion stages
+        raise ValueError(f"mock spec {key}={raw}: must be at most {limit}")
     if key == "rounds" and value < 1:
         raise ValueError("mock spec rounds must be at least 1")
     if key == "workers" and value < 1:

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 from simpletvm.stages import StageKind
+
+# C0 and C1 controls (escape sequences), zero-width and bidirectional-override characters
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def printable(value: Any, *, keep: str = "") -> str:
+    """``str(value)`` with control characters shown escaped (``\\x1b``), so text from a
+    user (a job name, a path) cannot drive the terminal; ``keep``: characters left as
+    they are (newlines of a log)."""
+    return _UNSAFE.sub(
+        lambda m: m[0] if m[0] in keep else m[0].encode("unicode_escape").decode("ascii"),
+        str(value),
+    )
+
+
+def plain(value: Any) -> str:
+    """Text for a Rich cell or line: control characters and Rich markup shown escaped."""
+    return escape(printable(value))
 
 
 def _progress(job: dict[str, Any]) -> str:
@@ -66,7 +86,8 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
             model_ms_text(job),
             str(job["retries"]),
         ]
-        table.add_row(*row, *([sla_text(job.get("sla"))] if with_sla else []))
+        row += [sla_text(job.get("sla"))] if with_sla else []
+        table.add_row(*map(plain, row))
     return table
 
 
@@ -89,13 +110,9 @@ def devices_table(devices: list[dict[str, Any]]) -> Table | str:
             since = dt.datetime.fromtimestamp(device["down_since"]).strftime("%H:%M:%S")
             state = f"down since {since}: {device['down_reason']}"
         held = device.get("held_by")
-        table.add_row(
-            device["name"],
-            device["kind"],
-            rpc_address(device["rpc"]),
-            state,
-            f"job {held}" if held else "-",
-        )
+        cells = (device["name"], device["kind"], rpc_address(device["rpc"]), state,
+                 f"job {held}" if held else "-")  # fmt: skip
+        table.add_row(*map(plain, cells))
     return table
 
 
@@ -105,6 +122,7 @@ def status_view(report: dict[str, Any]) -> Group:
         head = f"daemon pid {daemon['pid']}, strategy {daemon['strategy']}, db {report['db']}"
     else:
         head = f"no daemon runs for {report['db']} (start one with: sched start)"
+    head = plain(head)
     resources = Table(title="resources", title_justify="left")
     for column in ("name", "kind", "capacity", "held by", "busy"):
         resources.add_column(column)
@@ -118,9 +136,8 @@ def status_view(report: dict[str, Any]) -> Group:
         if res.get("down"):
             held = f"DOWN: {res['down']}" + (f"; {held}" if held else "")
         kind = f"remote:{res['device_kind']}" if res.get("device_kind") else res["kind"]
-        resources.add_row(
-            res["name"], kind, str(res["capacity"]), held or "idle", f"{res['busy']:.0%}"
-        )
+        cells = (res["name"], kind, res["capacity"], held or "idle", f"{res['busy']:.0%}")
+        resources.add_row(*map(plain, cells))
     counts = ", ".join(f"{n} {s}" for s, n in report["counts"].items() if n)
     return Group(head, resources, jobs_table(report["jobs"]), counts or "no jobs")
 
@@ -133,9 +150,8 @@ def events_table(events: list[dict[str, Any]]) -> Table:
         when = dt.datetime.fromtimestamp(event["ts"]).strftime("%H:%M:%S.%f")[:-3]
         resources = ",".join(f"{k}:{v}" for k, v in (event["resources"] or {}).items())
         detail = "" if event["detail"] is None else str(event["detail"])
-        table.add_row(
-            when, event["kind"], event["stage"] or "", str(event["epoch"] or ""), resources, detail
-        )
+        cells = (when, event["kind"], event["stage"] or "", event["epoch"] or "", resources, detail)
+        table.add_row(*map(plain, cells))
     return table
 
 
@@ -145,13 +161,9 @@ def timeline_table(rows: list[dict[str, Any]]) -> Table:
     for column in ("resource", "job", "stage", "start", "end"):
         table.add_column(column)
     for row in sorted(rows, key=lambda r: (r["start"], r["resource"])):
-        table.add_row(
-            row["resource"],
-            str(row["job_id"]),
-            row["stage"],
-            f"{row['start'] - origin:.3f}",
-            f"{row['end'] - origin:.3f}",
-        )
+        cells = (row["resource"], row["job_id"], row["stage"], f"{row['start'] - origin:.3f}",
+                 f"{row['end'] - origin:.3f}")  # fmt: skip
+        table.add_row(*map(plain, cells))
     return table
 
 
@@ -164,7 +176,7 @@ def result_table(job: dict[str, Any]) -> Group:
     table.add_column("what")
     table.add_column("value", overflow="fold")
     for name, value in _result_rows(result):
-        table.add_row(name, value)
+        table.add_row(name, plain(value))
     parts: list[Any] = [table]
     convergence = result.get("convergence") or []
     if convergence:

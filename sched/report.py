@@ -11,7 +11,8 @@ from simpletvm.spec import JobSpec
 from .analysis import capacities, resource_intervals, utilisation
 from .jobs import tvm_job
 from .models import JobState
-from .paths import pid_file, runner_log_dir
+from .paths import pid_file
+from .paths import runner_log as runner_log_file
 from .pidfile import running_pid
 from .registry import Registry
 
@@ -127,5 +128,5 @@ def sla_summary(job: dict[str, Any], spec: JobSpec | None) -> dict[str, Any] | N
 
 
 def runner_log(registry: Registry, job_id: int) -> str:
-    path = runner_log_dir(registry.path) / f"job-{job_id}.log"
+    path = runner_log_file(registry.path, job_id)
     return path.read_text(errors="replace") if path.exists() else ""

@@ -13,6 +13,7 @@ import re
 from simpletvm.errors import TargetError
 from simpletvm.targets import TargetSpec, parse_target, visible_cuda_gpus
 
+from .limits import MAX_DEVICES, MAX_POOL, check_int
 from .models import Resource, ResourceKind
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*$")
@@ -50,9 +51,9 @@ def parse_resource(text: str) -> list[Resource]:
         capacity = int(raw)
     except ValueError:
         raise ValueError(f"resource {text!r}: capacity must be a whole number") from None
-    if capacity < 1:
-        raise ValueError(f"resource {text!r}: capacity must be at least 1")
     kind = kind_for_name(name)
+    check_int(f"resource {text!r}: capacity", capacity, 1,
+              MAX_POOL if kind is ResourceKind.CPU else MAX_DEVICES)  # fmt: skip
     if kind is ResourceKind.CPU:
         return [Resource(name, kind, capacity, False)]
     if capacity == 1:

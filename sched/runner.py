@@ -19,6 +19,7 @@ from simpletvm.remote import DeviceUnavailable
 
 from .jobs import build_job, stage_info
 from .models import Fenced, JobState
+from .paths import jobs_dir
 from .registry import Registry
 
 EXIT_OK, EXIT_FAILED, EXIT_FENCED = 0, 1, 3
@@ -147,7 +148,7 @@ class _Life:
         index = self.row["stages_done"]
         self.request = job.next_stage()
         if self.request is None:
-            self.registry.finish_job(self.job_id, self.attempt, result=job.result())
+            self._finish(job)
             return
         request_id = self.registry.request_stage(
             self.job_id, self.attempt, index, *self._asked(self.request)
@@ -174,9 +175,19 @@ class _Life:
             )  # fmt: skip
             notify(self.notify_fd)
             if self.request is None:
-                self.registry.finish_job(self.job_id, self.attempt, result=job.result())
+                self._finish(job)
                 notify(self.notify_fd)
                 return
+
+    def _finish(self, job) -> None:
+        """Record the result; a module exported into the job's directory is made 0600."""
+        result = job.result()
+        artifact = (result or {}).get("artifact")
+        if artifact and os.path.isfile(artifact):
+            inside = Path(artifact).resolve().is_relative_to(jobs_dir(self.registry.path).resolve())
+            if inside:
+                os.chmod(artifact, 0o600)
+        self.registry.finish_job(self.job_id, self.attempt, result=result)
 
     def _asked(self, request) -> tuple:
         """A request's kind, needs and info, as the registry records them."""

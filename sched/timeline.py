@@ -19,14 +19,12 @@ STAGE_COLOURS = {
 
 def draw(rows: list[dict[str, Any]], output: str | Path, *, title: str = "sched timeline") -> Path:
     """One lane per resource (cpu pools get one sub-lane per concurrent stage)."""
+    output = writable_output(output)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    output = Path(output)
-    if output.suffix.lower() not in (".png", ".svg"):
-        raise ValueError(f"timeline output {output.name!r} must end in .png or .svg")
     lanes, placed = place_in_lanes(rows)
     fig, ax = plt.subplots(figsize=(12, 1 + 0.45 * max(1, len(lanes))))
     origin = min((r["start"] for r in rows), default=0.0)
@@ -34,9 +32,39 @@ def draw(rows: list[dict[str, Any]], output: str | Path, *, title: str = "sched 
         _bar(ax, lane, row, origin)
     _decorate(ax, lanes, title)
     fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output)
-    plt.close(fig)
+    try:
+        fig.savefig(output)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot write {output} ({exc.strerror or exc}); choose another --output"
+        ) from None
+    finally:
+        plt.close(fig)
+    return output
+
+
+def writable_output(output: str | Path) -> Path:
+    """The chart's path, checked before drawing: a .png or .svg file whose directory
+    exists, or is one new level under an existing one (made then); never a whole chain
+    of directories from a mistyped path."""
+    output = Path(output)
+    if output.suffix.lower() not in (".png", ".svg"):
+        raise ValueError(f"timeline output {output.name!r} must end in .png or .svg")
+    parent = output.parent
+    if not parent.is_dir():
+        if not parent.parent.is_dir():
+            raise ValueError(
+                f"cannot write {output}: the directory {parent.parent} does not exist; "
+                f"create it first or choose another --output"
+            )
+        try:
+            parent.mkdir()
+        except OSError as exc:
+            raise ValueError(
+                f"cannot create {parent} ({exc.strerror}); choose another --output"
+            ) from None
+    if output.is_dir():
+        raise ValueError(f"{output} is a directory; give a file name ending in .png or .svg")
     return output
 
 

@@ -1,14 +1,15 @@
 """superb's command line: parse, call one core function, render with rich.
 
-Bad input prints one line, ``Error: ...``, on stderr and exits 2; an internal fault exits
-1 with a pointer to the log holding its traceback.
+Bad input (a usage error too) prints one line, ``Error: ...``, on stderr and exits 2; an
+internal fault exits 1 with a pointer to the log holding its traceback (in superb's
+private state directory, ``paths.log_path``).
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
-import tempfile
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,11 +18,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from . import SuperbError, estimate, matrix, schema
+from simpletvm.cli import run_app
+
+from . import SuperbError, estimate, matrix, paths, schema
 from . import plot as plot_mod
 from . import report as report_mod
+from .inputs import DEFAULT_MAX_POINTS, MAX_POINTS_ENV, env_limit
 from .render import RichReporter, duration, failures_table, plan_table, report_table
-from .results import ResultsDB
+from .results import ResultsDB, damaged
 from .runner import Runner
 
 app = typer.Typer(
@@ -42,10 +46,18 @@ def _out() -> Console:
 DB_OPTION = typer.Option(Path("results.db"), "--db", help="The results database (SQLite).")
 ONLY_OPTION = typer.Option(None, "--only", help="Only this experiment (repeatable).")
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON.")
+MAX_POINTS_OPTION = typer.Option(
+    None,
+    "--max-points",
+    min=1,
+    help=f"Refuse a matrix of more points than this (default: ${MAX_POINTS_ENV}, "
+    f"else {DEFAULT_MAX_POINTS:,}).",
+)
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
+def _errors(db: Path | None = None) -> Iterator[None]:
+    """Bad input: one line and exit 2; an internal fault: exit 1 and the log's path."""
     try:
         yield
     except SuperbError as exc:
@@ -56,13 +68,23 @@ def _errors() -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo("Interrupted", err=True)
         raise typer.Exit(130) from None
+    except sqlite3.DatabaseError as exc:
+        if db is None or type(exc) is not sqlite3.DatabaseError:  # not a damaged file
+            _internal_error(exc)
+        typer.echo(f"Error: {damaged(db, str(exc))}", err=True)
+        raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - report an internal fault without a traceback
-        log = Path(tempfile.gettempdir()) / "superb-error.log"
-        log.write_text(traceback.format_exc())
-        typer.echo(
-            f"Internal error: {type(exc).__name__}: {exc}; the traceback is in {log}", err=True
-        )
-        raise typer.Exit(1) from None
+        _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> None:
+    try:
+        where = f"the traceback is in {paths.append_log(traceback.format_exc())}"
+    except OSError as log_exc:
+        where = f"its traceback could not be logged ({log_exc})"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    typer.echo(f"Internal error: {type(exc).__name__}: {first}; {where}", err=True)
+    raise typer.Exit(1) from None
 
 
 def _print_json(data) -> None:
@@ -70,7 +92,7 @@ def _print_json(data) -> None:
 
 
 def _existing_db(path: Path) -> ResultsDB:
-    if not path.is_file():
+    if not path.exists():
         raise SuperbError(
             f"results database {path} not found; run `superb run FILE --db "
             f"{path}` first, or pass --db"
@@ -78,15 +100,24 @@ def _existing_db(path: Path) -> ResultsDB:
     return ResultsDB(path)
 
 
+def _experiments(file: Path, only: list[str] | None, max_points: int | None) -> tuple:
+    """FILE's experiments (those named by --only), their matrix within the limit."""
+    experiments = schema.load(file).select(only)
+    limit = max_points or env_limit(MAX_POINTS_ENV, DEFAULT_MAX_POINTS)
+    matrix.check_size(experiments, limit)
+    return experiments
+
+
 @app.command()
 def validate(
     file: Path = typer.Argument(..., help="The benchmarks TOML file."),
+    max_points: int | None = MAX_POINTS_OPTION,
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Check FILE against the schema without running anything."""
     with _errors():
-        bench = schema.load(file)
-        counts = {e.name: len(matrix.expand(e)) for e in bench.experiments}
+        experiments = _experiments(file, None, max_points)
+        counts = {e.name: sum(1 for _ in matrix.iter_points(e)) for e in experiments}
     if json_output:
         _print_json({"file": str(file), "valid": True, "points": counts})
         return
@@ -113,34 +144,45 @@ def run(
     work_dir: Path = typer.Option(
         None,
         "--work-dir",
-        help="Where points keep their scratch files (default: a folder in the temp dir).",
+        help="Where points keep their scratch files (default: work/ in superb's private "
+        "state directory, $SUPERB_HOME).",
     ),
     keep_work: bool = typer.Option(
         False, "--keep-work", help="Keep each finished point's scratch files."
     ),
+    max_points: int | None = MAX_POINTS_OPTION,
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Run every point of FILE's experiments unattended, recording results in --db."""
-    with _errors():
-        bench = schema.load(file)
-        points = matrix.expand_all(bench.select(only))
+    with _errors(db):
+        points = matrix.expand_all(_experiments(file, only, max_points))
         if dry_run:
-            plan = estimate.plan(points, ResultsDB(db) if db.is_file() else None)
-            total = sum(item["estimate_s"] for item in plan)
-            if json_output:
-                _print_json({"points": plan, "estimate_s": total})
-            else:
-                _out().print(plan_table(plan))
-                _out().print(f"{len(plan)} runs; estimated time: about {duration(total)}")
+            _dry_run(points, db, json_output)
             return
         if retry_failed and not resume:
             raise SuperbError("--retry-failed only makes sense with --resume")
+        if work_dir is not None:
+            paths.check_work_root(work_dir)
         results = ResultsDB(db)
         runner = Runner(results, work_root=work_dir, retry_failed=retry_failed, keep_work=keep_work)
         runner.check_resume(points, resume=resume)
         with RichReporter(err) as reporter:
             runner.reporter = reporter
             summary = runner.run(points, file=str(file), resume=resume)
+    _print_summary(summary, json_output)
+
+
+def _dry_run(points: list, db: Path, json_output: bool) -> None:
+    plan = estimate.plan(points, ResultsDB(db) if db.exists() else None)
+    total = sum(item["estimate_s"] for item in plan)
+    if json_output:
+        _print_json({"points": plan, "estimate_s": total})
+    else:
+        _out().print(plan_table(plan))
+        _out().print(f"{len(plan)} runs; estimated time: about {duration(total)}")
+
+
+def _print_summary(summary, json_output: bool) -> None:
     if json_output:
         _print_json({**summary.__dict__, "remaining": summary.remaining})
     else:
@@ -181,7 +223,7 @@ def report(
     ),
 ) -> None:
     """Print tables of the results: medians over repeats per strategy and job count."""
-    with _errors():
+    with _errors(db):
         output_format = "json" if json_output else output_format
         if output_format not in report_mod.FORMATS:
             raise SuperbError(
@@ -215,7 +257,7 @@ def plot(
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Write Gantt, convergence and bar figures (PNG and SVG) into --output."""
-    with _errors():
+    with _errors(db):
         written = plot_mod.write_plots(_existing_db(db), output, experiments=only or None)
     if json_output:
         _print_json({"files": [str(p) for p in written]})
@@ -225,7 +267,7 @@ def plot(
 
 
 def main() -> None:
-    app()
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
 from simpletvm.options import TuningOptions
 from simpletvm.spec import JobSpec
 
+from . import SuperbError
+from .inputs import MAX_POINTS_ENV
 from .spec import Baseline, Experiment, ModelRef
 
 # A single real job runs the engine directly: no scheduler is involved, so the strategy
@@ -104,9 +108,35 @@ class RunPoint:
         )
 
 
-def expand(experiment: Experiment) -> list[RunPoint]:
-    """Every point of one experiment, repeat-major so a partial run covers the matrix."""
-    points: list[RunPoint] = []
+def count(experiment: Experiment) -> int:
+    """How many points ``experiment`` expands to, computed without expanding it (an upper
+    bound when an axis repeats a value): a single real job has no strategy axis."""
+    workloads = len(experiment.mock) or len(experiment.mixes)
+    per_jobs = sum(
+        1 if not experiment.mock and jobs == 1 else len(experiment.strategy)
+        for jobs in experiment.jobs
+    )
+    axes = (experiment.target, experiment.trials, experiment.per_round, experiment.seed)
+    return experiment.repeats * workloads * per_jobs * math.prod(len(axis) for axis in axes)
+
+
+def check_size(experiments: Iterable[Experiment], limit: int) -> int:
+    """The number of points of ``experiments``; SuperbError if it is over ``limit``."""
+    sizes = {e.name: count(e) for e in experiments}
+    total = sum(sizes.values())
+    if total > limit:
+        biggest = max(sizes, key=sizes.__getitem__)
+        raise SuperbError(
+            f"the matrix has {total:,} points (experiment '{biggest}': {sizes[biggest]:,}), "
+            f"over the limit of {limit:,}; make its axes shorter or split it, or raise the "
+            f"limit with --max-points N or {MAX_POINTS_ENV}=N"
+        )
+    return total
+
+
+def iter_points(experiment: Experiment) -> Iterator[RunPoint]:
+    """Every point of one experiment, repeat-major so a partial run covers the matrix;
+    one at a time (only the keys seen are kept, to drop duplicates)."""
     seen: set[str] = set()
     workloads: list[tuple[tuple[ModelRef, ...], str | None]] = (
         [((), spec) for spec in experiment.mock]
@@ -143,9 +173,17 @@ def expand(experiment: Experiment) -> list[RunPoint]:
             )
             if point.key not in seen:
                 seen.add(point.key)
-                points.append(point)
-    return points
+                yield point
 
 
-def expand_all(experiments: tuple[Experiment, ...] | list[Experiment]) -> list[RunPoint]:
-    return [point for experiment in experiments for point in expand(experiment)]
+def iter_all(experiments: Iterable[Experiment]) -> Iterator[RunPoint]:
+    for experiment in experiments:
+        yield from iter_points(experiment)
+
+
+def expand(experiment: Experiment) -> list[RunPoint]:
+    return list(iter_points(experiment))
+
+
+def expand_all(experiments: Iterable[Experiment]) -> list[RunPoint]:
+    return list(iter_all(experiments))

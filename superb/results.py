@@ -19,6 +19,8 @@ from typing import Any
 
 from simpletvm import sqlite
 
+from . import SuperbError
+from .inputs import file_kind
 from .outcome import PointOutcome
 
 
@@ -82,6 +84,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
 ]
 _CHILD_TABLES = ("job_results", "resources", "events", "convergence")
 _CHUNK = 500
+_MAGIC = b"SQLite format 3\x00"
+_WHAT_TO_DO = "pass --db with superb's results file (or a new path)"
 
 
 class LostClaimError(RuntimeError):
@@ -94,7 +98,14 @@ class ResultsDB:
         self.busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
         self._pid: int | None = None
-        self.migrate()
+        check_file(self.path)
+        try:
+            self.migrate()
+        except (OSError, sqlite3.OperationalError) as exc:
+            self.close()
+            raise SuperbError(
+                f"cannot open results database {self.path}: {exc}; choose a writable path with --db"
+            ) from None
 
     # -- connection ------------------------------------------------------------------
     @property
@@ -326,6 +337,80 @@ class ResultsDB:
             chunk = keys[start : start + _CHUNK]
             rows.extend(self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk))
         return rows
+
+
+def check_file(path: Path) -> None:
+    """Refuse, before SQLite writes a byte, a file that is not superb's results: not a
+    regular file, not SQLite, truncated, damaged, or another program's database. A
+    missing or empty file is fine: it becomes a new results database."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SuperbError(f"cannot read results database {path}: {exc.strerror}") from None
+    kind = file_kind(info.st_mode)
+    if kind:
+        raise SuperbError(f"results database {path} is {kind}, not a file; {_WHAT_TO_DO}")
+    if info.st_size == 0:
+        return
+    _check_header(path, info.st_size)
+    _check_contents(path)
+
+
+def _check_header(path: Path, size: int) -> None:
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(100)
+    except OSError as exc:
+        raise SuperbError(f"cannot read results database {path}: {exc.strerror}") from None
+    if len(header) < 100 or not header.startswith(_MAGIC):
+        raise SuperbError(f"results database {path} is not an SQLite file; {_WHAT_TO_DO}")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    valid = pages and header[24:28] == header[92:96]  # SQLite's rule for this field
+    # with a -wal file a writer may be checkpointing (page 1 lands before the file grows):
+    # then SQLite's own check (_check_contents) decides
+    wal = os.path.lexists(f"{path}-wal")
+    if valid and not wal and size < pages * page_size:
+        raise SuperbError(
+            f"results database {path} is truncated ({size:,} bytes of {pages * page_size:,}); "
+            f"restore it from a backup, or {_WHAT_TO_DO}"
+        )
+
+
+def _check_contents(path: Path) -> None:
+    """SQLite's quick check, and a ``points`` table, through a read-only connection."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:  # locked, or not readable: not its contents
+        raise SuperbError(
+            f"cannot open results database {path} (SQLite: {exc}); check its permissions, "
+            f"or {_WHAT_TO_DO}"
+        ) from None
+    except sqlite3.DatabaseError as exc:
+        check, tables = str(exc), set()
+    if check != "ok":
+        raise damaged(path, check)
+    if tables and "points" not in tables:
+        raise SuperbError(
+            f"{path} is an SQLite database but not superb's results (it has no 'points' "
+            f"table); {_WHAT_TO_DO}"
+        )
+
+
+def damaged(path: Path, detail: str) -> SuperbError:
+    """The error for a results database SQLite finds damaged (``detail``: its words)."""
+    return SuperbError(
+        f"results database {path} is damaged (SQLite: {' '.join(detail.split())}); "
+        f"restore it from a backup, or {_WHAT_TO_DO}"
+    )
 
 
 def _update_point(

@@ -28,6 +28,7 @@ from . import SuperbError, environment
 from .direct import Interrupted, run_direct_point
 from .matrix import PointKind, RunPoint
 from .outcome import PointFailed, PointOutcome
+from .paths import default_work_root, make_work_root
 from .results import PointStatus, ResultsDB, RunStatus
 from .schedpoint import run_sched_point, stop_leftover_daemon
 
@@ -36,10 +37,6 @@ EXECUTORS: dict[PointKind, Executor] = {
     PointKind.DIRECT: run_direct_point,
     PointKind.SCHED: run_sched_point,
 }
-
-
-def default_work_root() -> Path:
-    return Path(tempfile.gettempdir()) / "superb-work"
 
 
 class Reporter(Protocol):
@@ -113,7 +110,7 @@ class Runner:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
-        self.work_root = Path(work_root) if work_root else default_work_root()
+        self.work_root = Path(work_root) if work_root else None  # None: the default
         self.reporter = reporter or SilentReporter()
         self.retry_failed = retry_failed
         self.keep_work = keep_work
@@ -203,8 +200,8 @@ class Runner:
     def _claim(self, point: RunPoint, run_id: int, owner: tuple[int, float]) -> Path | None:
         """The point's new work dir once claimed; None if another live process holds it.
         What a dead earlier attempt left (a daemon, a work dir) is cleared away."""
-        self.work_root.mkdir(parents=True, exist_ok=True)
-        work_dir = Path(tempfile.mkdtemp(prefix=f"{point.key}-", dir=self.work_root))
+        root = make_work_root(self.work_root or default_work_root())
+        work_dir = Path(tempfile.mkdtemp(prefix=f"{point.key}-", dir=root))
         claimed, previous = self.db.claim(
             point.key,
             run_id=run_id,

@@ -8,7 +8,9 @@ can be found, its line in the file.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from simpletvm.errors import UserInputError
 from simpletvm.options import FIXED_DEFAULT_TRIALS, TuningOptions
 from tvmsched.jobs import check_tuning_options
 
-from . import SuperbError
+from .inputs import read_config
 from .mockspec import mock_problem, parse_mock
 from .spec import Baseline, BenchmarkFile, Experiment, ModelRef, SchemaError, Strategy
 from .tomlpos import find_line, line_of_syntax_error
@@ -69,15 +71,18 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "options": {},
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# More concurrent jobs per point than this measure the machine's overload, not a strategy
+# (a sched daemon runs at most 64 runners at once by default).
+MAX_JOBS = 256
+# The deepest a benchmarks file nests tables and arrays is 5 (the file's table >
+# [models.NAME] > input_shapes > a shape); deeper is a mistake or an attack on the parser.
+MAX_DEPTH = 16
 
 
 def load(path: str | Path) -> BenchmarkFile:
+    """Read (a regular file within the size limit: ``inputs.read_config``) and check."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SuperbError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse(text, source=str(path), base_dir=path.parent)
+    return parse(read_config(path), source=str(path), base_dir=path.parent)
 
 
 def parse(text: str, *, source: str = "<string>", base_dir: Path | str = ".") -> BenchmarkFile:
@@ -87,12 +92,29 @@ def parse(text: str, *, source: str = "<string>", base_dir: Path | str = ".") ->
         raise SchemaError(
             f"invalid TOML: {exc}", source=source, line=line_of_syntax_error(str(exc), text)
         ) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        data = None
+    if data is None or _depth(data) > MAX_DEPTH:
+        raise SchemaError(
+            f"tables or arrays are nested more than {MAX_DEPTH} levels deep; a benchmarks "
+            "file needs 5: flatten them",
+            source=source,
+        )
     return _Validator(text, source, Path(base_dir)).file(data)
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    """How deep ``value`` nests, counted no further than one level past MAX_DEPTH."""
+    if level > MAX_DEPTH or not isinstance(value, dict | list):
+        return level
+    items = value.values() if isinstance(value, dict) else value
+    return max((_depth(item, level + 1) for item in items), default=level + 1)
 
 
 class _Validator:
     def __init__(self, text: str, source: str, base_dir: Path) -> None:
         self.text, self.source, self.base_dir = text, source, base_dir
+        self.dynamic: dict[str, tuple[str, ...]] = {}  # model path -> its dynamic inputs
 
     def fail(
         self, message: str, table: str | None = None, key: str | None = None, index: int = 0
@@ -184,9 +206,9 @@ class _Validator:
                 )
             return ModelRef(name, sample=spec["sample"])
         path = self.base_dir / spec["path"]
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise self.fail(f"{what}: key 'path': model file not found: {path}", table, "path")
-        self.check_dynamic_inputs(path, shapes, what, table)
+        self.check_dynamic_inputs(path, shapes, what, (table, "path"))
         return ModelRef(name, path=str(path), input_shapes=shapes)
 
     def input_shapes(self, raw: Any, what: str, table: str) -> dict[str, tuple[int, ...]]:
@@ -208,29 +230,35 @@ class _Validator:
             shapes[name] = tuple(dims)
         return shapes
 
-    def check_dynamic_inputs(self, path: Path, shapes: dict, what: str, table: str) -> None:
-        """A model with symbolic input dimensions needs input_shapes to be tuned."""
-        if path.suffix != ".onnx":
-            return
-        try:
-            import onnx
+    def dynamic_inputs(self, path: Path, what: str, where: tuple) -> tuple[str, ...]:
+        """The inputs with dynamic dimensions of the ONNX model at ``path``, read once per
+        file as the engine reads it (``simpletvm.model.load_onnx``: a regular file within
+        the size limit, a valid model)."""
+        from simpletvm.model import load_onnx
 
-            graph = onnx.load(str(path), load_external_data=False).graph
-        except Exception as exc:  # noqa: BLE001 - any unreadable model is a schema error
-            raise self.fail(
-                f"{what}: key 'path': cannot read ONNX model {path}: {exc}", table, "path"
-            ) from None
-        initialisers = {i.name for i in graph.initializer}
-        for inp in graph.input:
-            if inp.name in initialisers or inp.name in shapes:
-                continue
-            dims = inp.type.tensor_type.shape.dim
-            if any(not d.HasField("dim_value") for d in dims):
+        key = str(path)
+        if key not in self.dynamic:
+            try:
+                graph = load_onnx(path).graph
+            except UserInputError as exc:
+                raise self.fail(f"{what}: {exc}", *where) from None
+            initialisers = {i.name for i in graph.initializer}
+            self.dynamic[key] = tuple(
+                inp.name
+                for inp in graph.input
+                if inp.name not in initialisers
+                and any(not d.HasField("dim_value") for d in inp.type.tensor_type.shape.dim)
+            )
+        return self.dynamic[key]
+
+    def check_dynamic_inputs(self, path: Path, shapes: dict, what: str, where: tuple) -> None:
+        """A model with symbolic input dimensions needs input_shapes to be tuned."""
+        for name in self.dynamic_inputs(path, f"{what}: key '{where[1]}'", where):
+            if name not in shapes:
                 raise self.fail(
-                    f"{what}: input '{inp.name}' has dynamic dimensions; give "
-                    f"input_shapes = {{ {inp.name} = [...] }}",
-                    table,
-                    "path",
+                    f"{what}: input '{name}' has dynamic dimensions; give "
+                    f"input_shapes = {{ {name} = [...] }}",
+                    *where,
                 )
 
     def experiment(
@@ -248,9 +276,11 @@ class _Validator:
         what = f"experiment '{name}'"
         self.unknown_keys(raw, EXPERIMENT_KEYS, what, "experiment", index)
         keys = _Keys(self, what, index, raw, _merged(raw, defaults))
-        target = keys.axis("target", str, bool, "a non-empty target name such as 'llvm'")
+        target = keys.targets()
         trials, per_round, seed = (keys.tuning_axis(k) for k in ("trials", "per_round", "seed"))
-        jobs = keys.axis("jobs", int, lambda v: v > 0, "a positive integer")
+        jobs = keys.axis(
+            "jobs", int, lambda v: 0 < v <= MAX_JOBS, f"a positive integer of at most {MAX_JOBS}"
+        )
         strategies = keys.axis(
             "strategy",
             str,
@@ -356,8 +386,8 @@ class _Validator:
         if ref in _sample_names():
             return ModelRef(ref, sample=ref)
         path = self.base_dir / ref
-        if path.is_file():
-            self.check_dynamic_inputs(path, {}, what, "experiment")
+        if os.path.lexists(path):
+            self.check_dynamic_inputs(path, {}, what, where("models"))
             return ModelRef(ref, path=str(path))
         raise self.fail(
             f"{what}: key 'models': model '{ref}' not found: it is not a "
@@ -415,6 +445,15 @@ class _Keys:
                 )
         return values
 
+    def targets(self) -> tuple:
+        """The target axis, each target checked by simpletvm's rules (``_target_problem``)."""
+        values = self.axis("target", str, bool, "a non-empty target name such as 'llvm'")
+        for value in values:
+            problem = _target_problem(value)
+            if problem:
+                raise self.fail("target", f"key 'target': {problem}")
+        return values
+
     def tuning_axis(self, key: str) -> tuple:
         """An axis of a tuning option (trials, per_round, seed), by the engine's rules and
         in the engine's words (``TuningOptions.validate``)."""
@@ -455,6 +494,21 @@ class _Keys:
                 "timeout", f"key 'timeout' must be a positive number of seconds, got {timeout!r}"
             )
         return float(timeout) if timeout is not None else None
+
+
+@functools.lru_cache(maxsize=64)
+def _target_problem(target: str) -> str | None:
+    """What simpletvm says is wrong with ``target``, or None. A GPU target is checked for
+    its form only (``parse_target``), so a file naming one validates on a host without
+    the GPU; any other is resolved as the engine resolves it (``resolve_target``)."""
+    from simpletvm.targets import parse_target, resolve_target
+
+    try:
+        if not parse_target(target).is_gpu:
+            resolve_target(target)
+    except UserInputError as exc:
+        return str(exc)
+    return None
 
 
 def _is_int(value: Any) -> bool:

@@ -81,7 +81,7 @@ def test_without_a_daemon_submit_queues_and_stop_says_how_to_start(capsys, db):
     code, out, _ = run(capsys, "jobs", "--json", "--db", db)
     assert [j["state"] for j in json.loads(out)] == ["queued"]
     code, _, err = run(capsys, "stop", "--db", db)
-    assert code == 1 and "no sched daemon runs" in err and "sched start" in err
+    assert code == 2 and "no sched daemon runs" in err and "sched start" in err
     code, out, _ = run(capsys, "status", "--db", db)
     assert code == 0 and "start one with: sched start" in " ".join(out.split())
     code, out, _ = run(capsys, "status", "--json", "--db", db)

@@ -5,16 +5,19 @@ This package owns every SQL statement of ``sched``.  Rules it keeps:
   for the lock up front instead of failing with "database is locked" on upgrade;
 - one connection per (process, thread), opened lazily, never reused across ``fork``;
 - transactions are short: a lease is a row, never an open transaction;
-- every runner write is fenced by its lease epoch or its job attempt (``Fenced``).
+- every runner write is fenced by its lease epoch or its job attempt (``Fenced``);
+- a file that cannot be used (damaged, truncated, junk ``-wal``, deleted under a live
+  daemon) is refused with a ``RegistryError`` before SQLite opens it (``health``).
 """
 
 from .base import BUSY_TIMEOUT_S, RegistryBase
 from .devices import DevicesMixin
+from .health import RegistryError
 from .jobs import JobsMixin
 from .schema import MIGRATIONS
 from .stages import StagesMixin
 
-__all__ = ["BUSY_TIMEOUT_S", "MIGRATIONS", "Registry"]
+__all__ = ["BUSY_TIMEOUT_S", "MIGRATIONS", "Registry", "RegistryError"]
 
 
 class Registry(JobsMixin, StagesMixin, DevicesMixin, RegistryBase):

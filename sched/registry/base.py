@@ -22,9 +22,14 @@ from ..models import (
     Resource,
     ResourceKind,
 )
+from .health import RegistryError, check_file, damaged
 from .schema import MIGRATIONS
 
 BUSY_TIMEOUT_S = 60.0
+# (pid, file) -> this process's open connections to it: while there is one, the file's
+# header is not read (closing that descriptor would drop the connection's locks)
+_OPEN_HERE: dict[tuple[int, str], int] = {}
+_OPENING = threading.Lock()
 _JOB_COLUMNS = (
     "id, name, kind, spec, priority, device_kind, state, submitted_at, started_at, "
     "finished_at, stage, wait_reason, progress, best_latency_ms, result, error, retries, "
@@ -73,19 +78,52 @@ class RegistryBase:
         return local.conn
 
     def _connect(self) -> sqlite3.Connection:
+        """A new connection, once the file is checked (``health.check_file``); a SQLite
+        error that means the file is damaged becomes a ``RegistryError``."""
+        key = (os.getpid(), str(self.path))
+        with _OPENING:
+            check_file(self.path, header=not _OPEN_HERE.get(key))
+            try:
+                conn = self._open()
+            except sqlite3.DatabaseError as exc:
+                problem = damaged(self.path, exc)
+                if problem is None:
+                    raise
+                raise problem from exc
+            _OPEN_HERE[key] = _OPEN_HERE.get(key, 0) + 1
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
         conn = sqlite.connect(self.path, timeout=self.timeout, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         if self._migrated != os.getpid():  # once per process: WAL mode persists in the file
+            self._check_ours(conn)
             sqlite.use_wal(conn)
             sqlite.migrate(conn, MIGRATIONS, transaction=lambda: self._write(conn))
             self._migrated = os.getpid()
         return conn
+
+    def _check_ours(self, conn: sqlite3.Connection) -> None:
+        """Refuse another program's SQLite file rather than add sched's tables to it."""
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables - {"sqlite_sequence"} and "jobs" not in tables:
+            raise RegistryError(
+                f"{self.path} is a SQLite database but not a sched registry (it has no jobs "
+                f"table); give sched's registry with --db or SCHED_DB"
+            )
+
+    def check(self) -> None:
+        """Open the registry now: a ``RegistryError`` if it cannot be used."""
+        self.conn  # noqa: B018 - opening is the check
 
     def close(self) -> None:
         local = self._local
         if getattr(local, "pid", None) == os.getpid():
             if getattr(local, "conn", None) is not None:
                 local.conn.close()
+                key = (os.getpid(), str(self.path))
+                with _OPENING:
+                    _OPEN_HERE[key] = max(0, _OPEN_HERE.get(key, 0) - 1)
             for fd in getattr(local, "lock_fd", None) or ():
                 os.close(fd)
         local.conn = None

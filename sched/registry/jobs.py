@@ -15,7 +15,11 @@ from ..models import (
     LeaseState,
     RequestState,
 )
+from ..paths import jobs_dir, runner_log_dir, used_job_paths
 from .base import _JOB_COLUMNS, RegistryBase, _dumps, _job_dict
+from .health import RegistryError
+
+_WAITING = "waiting for the daemon to start a runner"
 
 
 class JobsMixin(RegistryBase):
@@ -31,22 +35,11 @@ class JobsMixin(RegistryBase):
     ) -> int:
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock
-            job_id = conn.execute(
-                "INSERT INTO jobs (name, kind, spec, priority, device_kind, state, submitted_at,"
-                " wait_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (
-                    name,
-                    kind,
-                    _dumps(spec),
-                    priority,
-                    device_kind,
-                    JobState.QUEUED.value,
-                    now,
-                    "waiting for the daemon to start a runner",
-                ),
-            ).fetchone()[0]
+            job_id = self._insert_job(
+                conn, (name, kind, _dumps(spec), priority, device_kind, now, _WAITING, None)
+            )
             self._event(conn, now, EventKind.SUBMIT, job_id, detail={"kind": kind})
-        return int(job_id)
+        return job_id
 
     def submit_split(
         self,
@@ -65,28 +58,42 @@ class JobsMixin(RegistryBase):
         """
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock
-            insert = (
-                "INSERT INTO jobs (name, kind, spec, priority, device_kind, state, submitted_at,"
-                " wait_reason, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
-            )
             waiting = f"waiting for its {len(parts)} sub-jobs to finish"
-            parent = conn.execute(
-                insert,
-                (name, kind, _dumps(spec), priority, device_kind, JobState.QUEUED.value, now,
-                 waiting, None),
-            ).fetchone()[0]  # fmt: skip
+            parent = self._insert_job(
+                conn, (name, kind, _dumps(spec), priority, device_kind, now, waiting, None)
+            )
             self._event(conn, now, EventKind.SUBMIT, parent, detail={"kind": kind})
             children = []
             for index, part in enumerate(parts, 1):
-                child = conn.execute(
-                    insert,
-                    (f"{name}/{index}of{len(parts)}", kind, _dumps(part), priority, device_kind,
-                     JobState.QUEUED.value, now, "waiting for the daemon to start a runner",
-                     parent),
-                ).fetchone()[0]  # fmt: skip
+                child = self._insert_job(
+                    conn, (f"{name}/{index}of{len(parts)}", kind, _dumps(part), priority,
+                           device_kind, now, _WAITING, parent),
+                )  # fmt: skip
                 self._event(conn, now, EventKind.SUBMIT, child, detail={"parent": parent})
-                children.append(int(child))
-        return int(parent), children
+                children.append(child)
+        return parent, children
+
+    def _insert_job(self, conn: sqlite3.Connection, values: tuple) -> int:
+        """Insert a queued job (name, kind, spec, priority, device_kind, submitted_at,
+        wait_reason, parent_id); its id. An id whose log or working directory is on disk
+        was used before: the registry has lost jobs, and the new job would take over
+        their files, so the transaction is refused and rolled back."""
+        name, kind, spec, priority, device_kind, now, waiting, parent = values
+        job_id = int(conn.execute(
+            "INSERT INTO jobs (name, kind, spec, priority, device_kind, state, submitted_at,"
+            " wait_reason, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (name, kind, spec, priority, device_kind, JobState.QUEUED.value, now, waiting,
+             parent),
+        ).fetchone()[0])  # fmt: skip
+        used = used_job_paths(self.path, job_id)
+        if used:
+            raise RegistryError(
+                f"job id {job_id} was used before ({used[0]} exists) but the registry "
+                f"{self.path} has no record of it, so it has lost jobs (a damaged -wal file, "
+                f"or an older copy restored); restore it from a backup, or move "
+                f"{runner_log_dir(self.path).name} and {jobs_dir(self.path).name} aside"
+            )
+        return job_id
 
     def job(self, job_id: int) -> JobRecord | None:
         row = self.conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
