@@ -92,6 +92,18 @@ class LostClaimError(RuntimeError):
     """Another process owns this point now; recording it here would record it twice."""
 
 
+# (pid, resolved path) -> SQLite connections this process holds to that file. Reading the
+# file through another descriptor and closing it would drop the process's POSIX locks on
+# it, SQLite's included (another process could then checkpoint under our reader), so
+# check_file reads nothing of a file this process already has open.
+_HELD: dict[tuple[int, str], int] = {}
+
+
+def _hold(path: Path, delta: int) -> None:
+    key = (os.getpid(), str(path.resolve()))
+    _HELD[key] = _HELD.get(key, 0) + delta
+
+
 class ResultsDB:
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
         self.path = Path(path)
@@ -117,11 +129,13 @@ class ResultsDB:
             sqlite.use_wal(conn)
             conn.execute("PRAGMA foreign_keys = ON")
             self._conn, self._pid = conn, os.getpid()
+            _hold(self.path, +1)
         return self._conn
 
     def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
+            _hold(self.path, -1)
         self._conn = None
 
     def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -342,7 +356,10 @@ class ResultsDB:
 def check_file(path: Path) -> None:
     """Refuse, before SQLite writes a byte, a file that is not superb's results: not a
     regular file, not SQLite, truncated, damaged, or another program's database. A
-    missing or empty file is fine: it becomes a new results database."""
+    missing or empty file is fine: it becomes a new results database. A file this
+    process already holds a connection to was checked when it was opened (see _HELD)."""
+    if _HELD.get((os.getpid(), str(path.resolve())), 0) > 0:
+        return
     try:
         info = os.stat(path)
     except FileNotFoundError:
