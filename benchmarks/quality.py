@@ -73,13 +73,19 @@ def run_point(model: str, budget_min: float, repeat: int, work: Path,
         "--time-budget", f"{budget_min:g}m"]
     cmd = ["simpletvm", "tune", str(path), "--target", target, *budget, "--db", str(db),
            "--seed", str(repeat), "--json", *extra]
+    started = time.gmtime()
+    shown = ["simpletvm", "tune", f"{model}.onnx", *cmd[3:7], "--db", "FRESH.db", *cmd[9:]]
+    return {"model": model, "budget_min": budget_min, "repeat": repeat,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", started), "revision": _revision(),
+            **run_json(cmd, shown)}
+
+
+def run_json(cmd: list[str], shown: list[str]) -> dict:
+    """Run a ``--json`` command: the command as ``shown``, its wall time, its exit status,
+    and its JSON result or its last error line."""
     start = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    row = {"model": model, "budget_min": budget_min, "repeat": repeat,
-           "command": " ".join(["simpletvm", "tune", f"{model}.onnx", *cmd[3:7],
-                                "--db", "FRESH.db", *cmd[9:]]),
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(start)),
-           "revision": _revision(), "wall_seconds": time.time() - start,
+    row = {"command": " ".join(shown), "wall_seconds": time.time() - start,
            "rc": proc.returncode}
     if proc.returncode == 0:
         row["result"] = json.loads(proc.stdout)

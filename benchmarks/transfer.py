@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import _revision  # noqa: E402 - a sibling benchmark's helper
+from quality import _revision, run_json  # noqa: E402 - a sibling benchmark's helpers
 
 # (resolution, width): the warm-up family; the sample cnn is (64, 16)
 VARIANTS = [(48, 16), (96, 16), (64, 24)]
@@ -81,16 +81,7 @@ def _append(out: Path, row: dict) -> None:
 
 def _tune(model: Path, db: Path, args: list[str]) -> dict:
     cmd = ["simpletvm", "tune", str(model), "--db", str(db), "--json", *args]
-    start = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    row = {"command": " ".join(["simpletvm", "tune", model.name, "--db", db.name,
-                                "--json", *args]),
-           "wall_seconds": time.time() - start, "rc": proc.returncode}
-    if proc.returncode == 0:
-        row["result"] = json.loads(proc.stdout)
-    else:
-        row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
-    return row
+    return run_json(cmd, ["simpletvm", "tune", model.name, "--db", db.name, "--json", *args])
 
 
 def cmd_run(args) -> int:

@@ -34,3 +34,30 @@ def end_daemon_and_runners(path: Path, *, timeout: float = 30) -> None:
                     proc.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def registry_with_jobs(db, count: int = 3) -> list:
+    """A registry holding ``count`` mock jobs, closed (checkpointed); its job rows."""
+    from tvmsched.registry import Registry
+
+    registry = Registry(db)
+    for seed in range(count):
+        registry.submit("mock", {"mock": f"rounds=1,seed={seed}"}, name=f"job{seed}")
+    rows = registry.list_jobs()
+    registry.close()
+    return rows
+
+
+def job_rows(db) -> list:
+    from tvmsched.registry import Registry
+
+    registry = Registry(db)
+    try:
+        return registry.list_jobs()
+    finally:
+        registry.close()
+
+
+def file_bytes(directory: Path) -> dict[str, bytes]:
+    """Every file's bytes: what a failing command must leave as it was."""
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}

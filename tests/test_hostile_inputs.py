@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from .sched_helpers import file_bytes, job_rows, registry_with_jobs
+
 
 def _simpletvm(*args, cwd, state):
     code = "import sys; from simpletvm.cli import main; sys.argv[0] = 'simpletvm'; main()"
@@ -116,36 +118,9 @@ def _one_error_line(proc, words):
     assert "Traceback" not in proc.stderr
 
 
-def _with_jobs(db, count=3):
-    """A registry holding ``count`` jobs, closed (checkpointed); its job rows."""
-    from tvmsched.registry import Registry
-
-    registry = Registry(db)
-    for seed in range(count):
-        registry.submit("mock", {"mock": f"rounds=1,seed={seed}"}, name=f"job{seed}")
-    rows = registry.list_jobs()
-    registry.close()
-    return rows
-
-
-def _rows(db):
-    from tvmsched.registry import Registry
-
-    registry = Registry(db)
-    try:
-        return registry.list_jobs()
-    finally:
-        registry.close()
-
-
-def _files(directory):
-    """Every file's bytes: what a failing command must leave as it was."""
-    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
-
-
 # registry damage: (set-up, command, words); set-up returns how to put it right, or None
 def _truncated(db):
-    rows = _with_jobs(db)
+    rows = registry_with_jobs(db)
     data = db.read_bytes()
     db.write_bytes(data[:4096])
     return rows, lambda: db.write_bytes(data)
@@ -156,7 +131,7 @@ def _junk_wal(db):
     (SQLite would skip the whole log, and the first close would delete it)."""
     code = ("import os, sys; from tvmsched.registry import Registry; r = Registry(sys.argv[1]);"
             " [r.submit('mock', {'mock': 'rounds=1'}) for _ in range(4)]; os._exit(0)")
-    _with_jobs(db, 2)
+    registry_with_jobs(db, 2)
     subprocess.run([sys.executable, "-c", code, str(db)], check=True, timeout=60)
     rows = _rows_from_copy(db)
     assert len(rows) == 6  # two checkpointed, four only in the log
@@ -178,14 +153,14 @@ def _rows_from_copy(db):
     copy = db.with_name("copy.db")
     for suffix in ("", "-wal"):
         shutil.copy(db.with_name(db.name + suffix), copy.with_name(copy.name + suffix))
-    rows = _rows(copy)
+    rows = job_rows(copy)
     for suffix in ("", "-wal", "-shm", "-gate", "-writelock"):
         copy.with_name(copy.name + suffix).unlink(missing_ok=True)
     return rows
 
 
 def _unreadable(db):
-    rows = _with_jobs(db)
+    rows = registry_with_jobs(db)
     os.chmod(db, 0)
     return rows, lambda: os.chmod(db, 0o600)
 
@@ -219,16 +194,16 @@ def test_sched_damaged_registry_is_one_line_and_loses_nothing(name, tmp_path):
     state.mkdir()
     db = state / "sched.db"
     fix = setup(db)
-    before = _files(state)
+    before = file_bytes(state)
     proc = _sched_cli(*args, cwd=work, db=db, state=state)
     _one_error_line(proc, words)
     assert str(db) in proc.stderr  # names the file
     assert os.listdir(work) == []
-    assert _files(state) == before  # not a byte changed, nothing added
+    assert file_bytes(state) == before  # not a byte changed, nothing added
     if fix is not None:
         rows, restore = fix
         restore()
-        assert _rows(db) == rows  # every job is still there
+        assert job_rows(db) == rows  # every job is still there
 
 
 @pytest.mark.slow
@@ -238,7 +213,7 @@ def test_sched_refuses_a_new_registry_while_a_daemon_serves_the_deleted_one(tmp_
     work.mkdir()
     state.mkdir()
     db = state / "sched.db"
-    _with_jobs(db)
+    registry_with_jobs(db)
     code = ("import sys, time; from pathlib import Path; from tvmsched.pidfile import PidFile;"
             " assert PidFile(Path(sys.argv[1])).acquire(); print('held', flush=True);"
             " time.sleep(120)")

@@ -14,6 +14,8 @@ from tvmsched.pidfile import PidFile
 from tvmsched.registry import Registry, RegistryError
 from tvmsched.registry.health import wal_header_ok
 
+from .sched_helpers import file_bytes, job_rows, registry_with_jobs
+
 COMMANDS = {
     "status": ["status"],
     "jobs": ["jobs", "--all"],
@@ -30,27 +32,6 @@ COMMANDS = {
     "device remove": ["device", "remove", "box-a"],
 }
 NOT_READING = {"stop"}  # signals the daemon from its pid file; never opens the registry
-
-
-def with_jobs(db, count=3):
-    registry = Registry(db)
-    for seed in range(count):
-        registry.submit("mock", {"mock": f"rounds=1,seed={seed}"}, name=f"job{seed}")
-    rows = registry.list_jobs()
-    registry.close()
-    return rows
-
-
-def rows_of(db):
-    registry = Registry(db)
-    try:
-        return registry.list_jobs()
-    finally:
-        registry.close()
-
-
-def files(directory):
-    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
 
 
 def crash_image(db):
@@ -93,7 +74,7 @@ def foreign(db):
 
 
 def truncated(db):
-    rows = with_jobs(db)
+    rows = registry_with_jobs(db)
     data = db.read_bytes()
     db.write_bytes(data[: len(data) // 3])
     return rows, lambda: db.write_bytes(data)
@@ -151,20 +132,20 @@ def test_damaged_registry_one_line_and_nothing_changed(capsys, tmp_path, case, c
     setup, words = CASES[case]
     db = tmp_path / "sched.db"
     fixable = setup(db)
-    before = files(tmp_path)
+    before = file_bytes(tmp_path)
     code, out, err = run(capsys, *COMMANDS[command], "--db", str(db))
     assert_one_error(code, err, words, str(db))
-    assert files(tmp_path) == before  # not a byte changed, no file added
+    assert file_bytes(tmp_path) == before  # not a byte changed, no file added
     if fixable is not None:
         rows, restore = fixable
         restore()
-        assert rows_of(db) == rows  # every job recorded before is still there
+        assert job_rows(db) == rows  # every job recorded before is still there
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_registry_deleted_under_a_live_daemon_is_not_recreated(capsys, tmp_path, command):
     db = tmp_path / "sched.db"
-    with_jobs(db)
+    registry_with_jobs(db)
     holder = PidFile(pid_file(db))  # this process plays the daemon: it holds the pid file
     assert holder.acquire()
     try:
@@ -180,7 +161,7 @@ def test_a_lost_job_id_is_not_given_again(tmp_path):
     """Jobs lost with a -wal: ids are handed out again from the last checkpoint, so a new
     job would take over an old job's log. Refused, and nothing is recorded."""
     db = tmp_path / "sched.db"
-    with_jobs(db, 2)
+    registry_with_jobs(db, 2)
     log = runner_log(db, 3)
     log.parent.mkdir()
     log.write_text("the old job 3's output\n")
