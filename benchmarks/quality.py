@@ -157,6 +157,61 @@ def cmd_remeasure(args) -> int:
     return 0
 
 
+def cmd_checkpoints(args) -> int:
+    """The latency a long run had reached at earlier minutes, rebuilt from its database.
+
+    A copy of the point's database keeps only what was recorded in the first M minutes
+    of tuning (records and default times created before the first workload + M), and
+    ``simpletvm tune --trials 0`` builds and times it as ``remeasure`` does. The task
+    allocation does not depend on the budget (coverage first, then the gradient rule),
+    so this is the run a budget of M minutes would have made, up to its last round.
+    """
+    import shutil
+    import sqlite3
+
+    out = Path(args.out)
+    path = out.with_name(out.stem + "-checkpoints.jsonl")
+    done = set()
+    if path.exists():
+        for r in map(json.loads, path.read_text().splitlines()):
+            done.add((r["label"], r["model"], r["budget_min"], r["repeat"], r["at_min"]))
+    work = Path(args.work)
+    for row in map(json.loads, out.read_text().splitlines()):
+        db = work / f"{row['model']}-{row['budget_min']:g}m-{row['repeat']}.db"
+        if not row.get("result") or not db.exists():
+            continue
+        for at in (float(m) for m in args.at.split(",")):
+            key = (row.get("label", ""), row["model"], row["budget_min"], row["repeat"], at)
+            if key in done or at >= row["budget_min"]:
+                continue
+            cut = work / f"cut-{db.stem}-{at:g}m.db"
+            shutil.copyfile(db, cut)
+            conn = sqlite3.connect(cut)
+            with conn:
+                start = conn.execute("SELECT MIN(created) FROM workloads").fetchone()[0]
+                conn.execute("DELETE FROM records WHERE created > ?", (start + at * 60,))
+                conn.execute("DELETE FROM defaults WHERE created > ?", (start + at * 60,))
+                kept = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+            conn.close()
+            cmd = ["simpletvm", "tune", str(work / f"{row['model']}.onnx"), "--trials", "0",
+                   "--db", str(cut), "--json"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            point = {"label": key[0], "model": key[1], "budget_min": key[2],
+                     "repeat": key[3], "at_min": at, "records": kept,
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "revision": _revision(), "rc": proc.returncode}
+            if proc.returncode == 0:
+                r = json.loads(proc.stdout)
+                point.update({k: r.get(k) for k in ("tuned_ms", "untuned_ms",
+                                                    "onnxruntime_ms", "exported",
+                                                    "output_check")})
+            print(json.dumps(point), flush=True)
+            with path.open("a") as fh:
+                fh.write(json.dumps(point) + "\n")
+            cut.unlink()
+    return 0
+
+
 def _model_gflop(result: dict) -> float:
     plan = result.get("plan") or {}  # runs of revisions without a plan have no FLOPs
     return sum(t["weight"] * t["flops"] for t in plan.get("tasks", [])) / 1e9
@@ -291,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     remeasure = sub.add_parser("remeasure", help="time each point again from its database")
     remeasure.add_argument("--out", default="docs/quality/results.jsonl")
     remeasure.add_argument("--work", required=True, help="the run's --work folder")
+    checkpoints = sub.add_parser("checkpoints", help=(
+        "rebuild long runs as they stood at earlier minutes, from their databases"))
+    checkpoints.add_argument("--out", default="docs/quality/results.jsonl")
+    checkpoints.add_argument("--work", required=True, help="the run's --work folder")
+    checkpoints.add_argument("--at", default="5,15,30", help="minutes, comma-separated")
     sub.add_parser("peak", help="print this machine's attainable GEMM GFLOPS")
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -299,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_report(args)
     if args.command == "remeasure":
         return cmd_remeasure(args)
+    if args.command == "checkpoints":
+        return cmd_checkpoints(args)
     print(f"{gemm_peak_gflops():.1f} GFLOPS (float32 GEMM 2048, all cores, best of 5)")
     return 0
 

@@ -65,6 +65,9 @@ def tune(
     conv_layout: Annotated[str, typer.Option(help=(
         "NHWC converts 2-D convolutions to NHWC before tuning; NCHW keeps the model's."))] = (
         "NCHW"),
+    winograd: Annotated[str, typer.Option(help=(
+        "CPU: 3x3 stride-1 convolutions by Winograd: auto (where it pays), 2 or 4 (that "
+        "tile wherever it applies), off."))] = TuningOptions().winograd,
     output_check: Annotated[bool, typer.Option(help=(
         "Compare the exported module's outputs with onnxruntime's."))] = True,
     shared_model: Annotated[bool, typer.Option(help=(
@@ -95,7 +98,8 @@ def tune(
                              population_size=population,
                              init_min_unmeasured=min(50, population),
                              layout_rewrite=layout_rewrite, check_outputs=output_check,
-                             conv_layout=conv_layout.upper(), shared_model=shared_model,
+                             conv_layout=conv_layout.upper(), winograd=winograd.lower(),
+                             shared_model=shared_model,
                              shared_model_every=shared_model_every,
                              transfer=transfer).validate()
         spec = JobSpec(model=str(model), target=target, options=opts,

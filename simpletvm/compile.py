@@ -25,6 +25,17 @@ def prepare_module(mod, target_spec: TargetSpec, *, conv_layout: str = "NCHW"):
         return tvm.transform.Sequential(passes)(mod)
 
 
+def tuning_module(prepared, target_spec: TargetSpec, *, winograd: str = "off"):
+    """The prepared module as it is tuned and built: on a CPU, eligible 3x3 convolutions
+    computed by Winograd (winograd.py). Returns the module and how many were rewritten.
+    The untuned baseline is built from ``prepared`` itself, TVM's own graph."""
+    from .winograd import rewrite_winograd
+
+    if target_spec.is_gpu or winograd == "off":
+        return prepared, 0
+    return rewrite_winograd(prepared, winograd)
+
+
 def compile_tuned(mod, target_spec: TargetSpec, database, *, layout_rewrite: bool = False):
     """Apply the database's records to the model, DLight for the rest on a GPU.
 

@@ -98,7 +98,9 @@ class TuningJob:
         self.layout_rewrite = self.options.layout_rewrite and not target.is_gpu
         self.trials = 0  # the trial budget, sized at prepare when the options leave it unset
         self.plan: TuningPlan | None = None
-        self.relax_mod = None
+        self.relax_mod = None  # the module tuned and built (Winograd rewritten, on a CPU)
+        self.base_mod = None  # before that rewrite: what the untuned baseline builds
+        self.winograd_convs = 0
         self.database = None
         self.allocator: GradientAllocator | None = None
         self.cost_model = None
@@ -232,14 +234,16 @@ class TuningJob:
     def _prepare(self) -> None:
         from tvm.s_tir import meta_schedule as ms
 
-        from .compile import prepare_module
+        from .compile import prepare_module, tuning_module
         from .database import SQLiteDatabase
 
         load_intrinsics(self.target.kind)
         target = self.target.tvm_target()
         relax_mod = model_mod.to_relax(self.onnx_model, self.inputs)
-        self.relax_mod = prepare_module(relax_mod, self.target,
-                                        conv_layout=self.options.conv_layout)
+        self.base_mod = prepare_module(relax_mod, self.target,
+                                       conv_layout=self.options.conv_layout)
+        self.relax_mod, self.winograd_convs = tuning_module(
+            self.base_mod, self.target, winograd=self.options.winograd)
         # weights (constants) may take the layout a schedule picks, on a CPU
         fused = model_mod.fuse_for_tuning(self.relax_mod, target,
                                           layout_rewrite=self.layout_rewrite)
@@ -663,7 +667,8 @@ class TuningJob:
                                             transferred=self._apply_transferred),
                                         layout_rewrite=self.layout_rewrite,
                                         output=self.output, inputs=self.inputs,
-                                        untuned=self.measure_baselines)
+                                        untuned=self.measure_baselines,
+                                        untuned_mod=self.base_mod)
         self.executable = self._compiled.tuned
         self._next = StageKind.FINALIZE
 
@@ -683,6 +688,7 @@ class TuningJob:
             "model": self.name, "target": self.target.kind, **timed,
             "trials": sum(t.trials_done for t in self._tasks), "tasks": len(self._tasks),
             "tasks_kept_default": list(self.kept_default), "coverage": dict(self.coverage),
+            "winograd_convs": self.winograd_convs,
             "transfer": dict(self.transfer), "shared_model": self._shared_model_summary(),
             "plan": self.plan.as_dict() if self.plan else None,
             "stop_reason": self.stop_reason, "served_from_db": dict(self.served),

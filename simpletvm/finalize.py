@@ -38,15 +38,17 @@ class Compiled:
 
 def compile_models(relax_mod, target: TargetSpec, records, *, layout_rewrite: bool,
                    output: str | None, inputs: list[InputSpec],
-                   untuned: bool) -> Compiled:
-    """Build the tuned model from ``records`` (and the untuned one), export the tuned."""
+                   untuned: bool, untuned_mod=None) -> Compiled:
+    """Build the tuned model from ``records`` (and the untuned one, from ``untuned_mod``
+    where the tuned graph was rewritten), export the tuned."""
     start = time.perf_counter()
     executable = compile_tuned(relax_mod, target, records, layout_rewrite=layout_rewrite)
     artifact = None
     if output:
         artifact = str(export(executable, output, target_spec=target, inputs=inputs))
     seconds = time.perf_counter() - start
-    baseline = compile_untuned(relax_mod, target) if untuned else None
+    baseline = (compile_untuned(relax_mod if untuned_mod is None else untuned_mod, target)
+                if untuned else None)
     return Compiled(executable, baseline, artifact, seconds)
 
 

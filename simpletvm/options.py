@@ -25,6 +25,9 @@ MIN_DEFAULT_TRIALS = 64
 FIXED_DEFAULT_TRIALS = 64
 # A task is significant when its share of the model's weighted FLOPs is at least this.
 SIGNIFICANT_SHARE = 0.005
+# how 3x3 convolutions are computed on a CPU (winograd.py): by the rough roofline, or one
+# Winograd tile wherever it applies, or always directly
+WINOGRAD_MODES = ("auto", "off", "2", "4")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
 
 
@@ -63,6 +66,9 @@ class TuningOptions:
     layout_rewrite: bool = True
     # "NHWC": convert 2-D convolutions to NHWC before tuning (NCHW: the model's own)
     conv_layout: str = "NCHW"
+    # CPU: 3x3 stride-1 convolutions by Winograd (winograd.py): "auto" where the rough
+    # roofline says it pays, "2" or "4" for that tile everywhere it applies, "off"
+    winograd: str = "auto"
     # learning across jobs (costmodel.py, transfer.py; needs a tuning database): use the
     # target's shared cost model, retrained once this many new measurements are stored;
     # seed tasks with no records from workloads of the same structure
@@ -106,6 +112,9 @@ class TuningOptions:
                 raise UserInputError(f"{_flag(name)} must be positive, got {value}")
         if self.conv_layout not in ("NCHW", "NHWC"):
             raise UserInputError(f"unknown conv layout '{self.conv_layout}'; use NCHW or NHWC")
+        if self.winograd not in WINOGRAD_MODES:
+            raise UserInputError(f"unknown winograd mode '{self.winograd}'; use "
+                                 + ", ".join(WINOGRAD_MODES))
         if self.cost_model not in ("xgb", "random"):
             raise UserInputError(f"unknown cost model '{self.cost_model}'; use xgb or random")
         return self
@@ -131,7 +140,7 @@ def _flag(name: str) -> str:
 
 
 def _check_number(name: str, value) -> None:
-    if value is None or name in ("cost_model", "only_tasks", "conv_layout"):
+    if value is None or name in ("cost_model", "only_tasks", "conv_layout", "winograd"):
         return
     if name in _BOOLS:
         if not isinstance(value, bool):

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from . import model as model_mod
-from .compile import prepare_module
+from .compile import prepare_module, tuning_module
 from .intrin import load_intrinsics
+from .options import TuningOptions
 from .targets import resolve_target
 
 
@@ -22,9 +23,10 @@ def inspect_model(path: str | Path, *, target: str = "llvm",
     spec = resolve_target(target)
     load_intrinsics(spec.kind)
     tvm_target = spec.tvm_target()
-    mod = prepare_module(model_mod.to_relax(onnx_model, inputs), spec)
-    tasks = ms.relax_integration.extract_tasks(model_mod.fuse_for_tuning(mod, tvm_target),
-                                               tvm_target)
+    mod, _ = tuning_module(prepare_module(model_mod.to_relax(onnx_model, inputs), spec), spec,
+                           winograd=TuningOptions().winograd)
+    tasks = ms.relax_integration.extract_tasks(
+        model_mod.fuse_for_tuning(mod, tvm_target, layout_rewrite=not spec.is_gpu), tvm_target)
     rows = []
     for task in tasks:
         prim = task.dispatched[0]

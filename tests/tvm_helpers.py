@@ -72,6 +72,7 @@ def options_away_from_default() -> dict:
     from simpletvm.options import TuningOptions
 
     special = {"only_tasks": (0, 3), "cost_model": "random", "conv_layout": "NHWC",
+               "winograd": "4",
                "sla_ms": 12.5, "deadline_seconds": 12.5, "time_budget_seconds": 12.5}
     out = {}
     for f in fields(TuningOptions):
