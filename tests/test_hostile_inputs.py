@@ -8,14 +8,13 @@ import sys
 
 import pytest
 
+from .cli_server import run_cli
 from .sched_helpers import file_bytes, job_rows, registry_with_jobs
 
 
 def _simpletvm(*args, cwd, state):
-    code = "import sys; from simpletvm.cli import main; sys.argv[0] = 'simpletvm'; main()"
     env = {**os.environ, "SIMPLETVM_HOME": str(state)}  # the user's state: not the cwd
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return run_cli("simpletvm", *args, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +64,8 @@ def test_bad_input_is_one_line_and_exit_2(name, tiny, tmp_path, tmp_path_factory
 
 
 def _sched_cli(*args, cwd, db, state):
-    code = "import sys; from tvmsched.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "SCHED_DB": str(db), "XDG_STATE_HOME": str(state)}
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return run_cli("sched", *args, cwd=cwd, env=env)
 
 
 SCHED_CASES = {

@@ -8,8 +8,6 @@ import hashlib
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +23,8 @@ from superb.runner import Runner
 from superb.schema import parse
 from superb.spec import Experiment, Strategy
 
+from .cli_server import run_cli
+
 MOCK = '[[experiment]]\nname = "m"\nmock = "rounds=1"\njobs = [2]\n'
 REAL = '[[experiment]]\nname = "x"\nmodels = ["tiny"]\n'
 UP = "../" * 40  # from the inputs folder to /, however deep it is
@@ -32,12 +32,11 @@ LIMIT_VARIABLES = ("SUPERB_MAX_POINTS", "SUPERB_MAX_CONFIG_BYTES", "SIMPLETVM_MA
 
 
 def _cli(prog: str, *args, cwd: Path, state: Path, env: dict | None = None):
-    """Run ``prog``'s main() (superb or simpletvm) as the installed command would."""
-    code = f"import sys; from {prog}.cli import main; sys.argv[0] = {prog!r}; main()"
+    """Run ``prog``'s main() (superb or simpletvm) as the installed command would, in a
+    process of its own (forked from the warm server of cli_server.py)."""
     full = {k: v for k, v in os.environ.items() if k not in LIMIT_VARIABLES}
     full.update(SIMPLETVM_HOME=str(state), SUPERB_HOME=str(state / "superb"), **(env or {}))
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=full,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    return run_cli(prog, *args, cwd=cwd, env=full)
 
 
 def _assert_one_line_error(proc, words: list[str]) -> str:
