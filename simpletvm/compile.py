@@ -29,11 +29,17 @@ def tuning_module(prepared, target_spec: TargetSpec, *, winograd: str = "off"):
     """The prepared module as it is tuned and built: on a CPU, eligible 3x3 convolutions
     computed by Winograd (winograd.py). Returns the module and how many were rewritten.
     The untuned baseline is built from ``prepared`` itself, TVM's own graph."""
+    import tvm
+    from tvm import relax
+
     from .winograd import rewrite_winograd
 
     if target_spec.is_gpu or winograd == "off":
         return prepared, 0
-    return rewrite_winograd(prepared, winograd)
+    # constant weights behind a layout change (NHWC) become constants the rewrite can read
+    with target_spec.tvm_target(), tvm.transform.PassContext(opt_level=3):
+        folded = relax.transform.FoldConstant()(prepared)
+    return rewrite_winograd(folded, winograd)
 
 
 def compile_tuned(mod, target_spec: TargetSpec, database, *, layout_rewrite: bool = False):

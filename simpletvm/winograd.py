@@ -78,17 +78,19 @@ def transform_weight(weight: np.ndarray, tile: int) -> np.ndarray:
     return np.einsum("ek,oikl,nl->enio", g, weight.astype(np.float64), g).astype(weight.dtype)
 
 
-def _eligible(call, weight) -> tuple[ConvShape, list[int]] | None:
-    """The shape and padding of a conv2d Winograd can replace: NCHW, 3x3, stride 1, no
-    dilation or groups, float32 constant weights, static shapes."""
+def _eligible(call, weight) -> tuple[ConvShape, list[int], str] | None:
+    """The shape, padding and layout (NCHW or NHWC) of a conv2d Winograd can replace:
+    3x3, stride 1, no dilation or groups, float32 constant weights, static shapes."""
     attrs = call.attrs
-    if (str(attrs.data_layout), str(attrs.kernel_layout)) != ("NCHW", "OIHW"):
+    layouts = (str(attrs.data_layout), str(attrs.kernel_layout))
+    if layouts not in (("NCHW", "OIHW"), ("NHWC", "OHWI")):
         return None
-    if str(attrs.out_layout) not in ("", "NCHW") or int(attrs.groups) != 1:
+    if str(attrs.out_layout) not in ("", layouts[0]) or int(attrs.groups) != 1:
         return None
     if [int(s) for s in attrs.strides] != [1, 1] or [int(d) for d in attrs.dilation] != [1, 1]:
         return None
-    if weight.dtype != np.float32 or weight.ndim != 4 or tuple(weight.shape[2:]) != (3, 3):
+    kernel = weight.shape[2:] if layouts[1] == "OIHW" else weight.shape[1:3]
+    if weight.dtype != np.float32 or weight.ndim != 4 or tuple(kernel) != (3, 3):
         return None
     out_type = call.ty  # the call's tensor type: shape and dtype
     try:
@@ -97,8 +99,11 @@ def _eligible(call, weight) -> tuple[ConvShape, list[int]] | None:
         return None  # dynamic shapes
     if str(out_type.dtype) != "float32" or len(out_shape) != 4:
         return None
-    shape = ConvShape(int(weight.shape[1]), int(weight.shape[0]), out_shape[2], out_shape[3])
-    return shape, [int(p) for p in attrs.padding]
+    nchw = layouts[0] == "NCHW"
+    height, width = out_shape[2:] if nchw else out_shape[1:3]
+    in_channels = int(weight.shape[1] if nchw else weight.shape[3])
+    shape = ConvShape(in_channels, int(weight.shape[0]), height, width)
+    return shape, [int(p) for p in attrs.padding], layouts[0]
 
 
 def _matrices(tile: int):
@@ -113,37 +118,55 @@ def _const(matrix: np.ndarray, name: str):
     return const_matrix(matrix.astype(np.float32), name)
 
 
-def data_pack_te(data, *, tile: int, padding: list[int]):
+def data_pack_te(data, *, tile: int, padding: list[int], layout: str = "NCHW"):
     """Input tiles to the Winograd domain: V[e, n, p, c] = (B^T d B)[e, n] for the tile
     p of channel c. The blocks are TOPI's (pad, input tile, data pack), so MetaSchedule's
     own CPU rule for Winograd's data pack schedules them: it unrolls the transform, so
     the multiplications by B's zeros and ones vanish."""
     from tvm import te, topi
 
-    batch, channels, height, width = (int(d) for d in data.shape)
+    nchw = layout == "NCHW"
+    if nchw:
+        batch, channels, height, width = (int(d) for d in data.shape)
+    else:
+        batch, height, width, channels = (int(d) for d in data.shape)
     top, left, bottom, right = padding
     alpha = tile + 2
     tiles_h = -(-(height + top + bottom - 2) // tile)
     tiles_w = -(-(width + left + right - 2) // tile)
     per_image = tiles_h * tiles_w
     # pad to whole tiles: the last tile may read past the convolution's own padding
-    padded = topi.nn.pad(data, (0, 0, top, left),
-                         (0, 0, tiles_h * tile + 2 - height - top,
-                          tiles_w * tile + 2 - width - left), name="data_pad")
-    input_tile = te.compute(
-        (batch * per_image, channels, alpha, alpha),
-        lambda p, c, e, n: padded[p // per_image, c, (p % per_image) // tiles_w * tile + e,
-                                  (p % tiles_w) * tile + n],
-        name="input_tile", attrs={"schedule_rule": "None"})
+    extra_h = tiles_h * tile + 2 - height - top
+    extra_w = tiles_w * tile + 2 - width - left
+    if nchw:
+        padded = topi.nn.pad(data, (0, 0, top, left), (0, 0, extra_h, extra_w),
+                             name="data_pad")
+        input_tile = te.compute(
+            (batch * per_image, channels, alpha, alpha),
+            lambda p, c, e, n: padded[p // per_image, c,
+                                      (p % per_image) // tiles_w * tile + e,
+                                      (p % tiles_w) * tile + n],
+            name="input_tile", attrs={"schedule_rule": "None"})
+        tile_of = lambda p, c, a, b: input_tile[p, c, a, b]  # noqa: E731
+    else:
+        padded = topi.nn.pad(data, (0, top, left, 0), (0, extra_h, extra_w, 0),
+                             name="data_pad")
+        input_tile = te.compute(
+            (alpha, alpha, batch * per_image, channels),
+            lambda e, n, p, c: padded[p // per_image, (p % per_image) // tiles_w * tile + e,
+                                      (p % tiles_w) * tile + n, c],
+            name="input_tile", attrs={"schedule_rule": "None"})
+        tile_of = lambda p, c, a, b: input_tile[a, b, p, c]  # noqa: E731
     _, b_mat, _ = _matrices(tile)
     b_const = _const(b_mat, "B")
     r_a = te.reduce_axis((0, alpha), "r_a")
     r_b = te.reduce_axis((0, alpha), "r_b")
     return te.compute(
         (alpha, alpha, batch * per_image, channels),
-        lambda e, n, p, c: te.sum(input_tile[p, c, r_a, r_b] * b_const[r_a, e]
+        lambda e, n, p, c: te.sum(tile_of(p, c, r_a, r_b) * b_const[r_a, e]
                                   * b_const[r_b, n], axis=[r_a, r_b]),
-        name="data_pack", attrs={"schedule_rule": "conv2d_nchw_winograd_data_pack"})
+        name="data_pack",
+        attrs={"schedule_rule": f"conv2d_{layout.lower()}_winograd_data_pack"})
 
 
 def batch_gemm_te(packed, kernel):
@@ -160,10 +183,11 @@ def batch_gemm_te(packed, kernel):
         name="winograd_batch_gemm")
 
 
-def inverse_te(product, *, tile: int, batch: int, out_height: int, out_width: int):
-    """Back from the Winograd domain: Y = A^T M A per tile, cropped to NCHW. The inverse
-    block is TOPI's, for MetaSchedule's CPU rule; ``product_copy`` stands in for the
-    producer that rule expects (the matrix product is another function here)."""
+def inverse_te(product, *, tile: int, batch: int, out_height: int, out_width: int,
+               layout: str = "NCHW"):
+    """Back from the Winograd domain: Y = A^T M A per tile, cropped to the output. The
+    inverse block is TOPI's, for MetaSchedule's CPU rule; ``product_copy`` stands in for
+    the producer that rule expects (the matrix product is another function here)."""
     from tvm import te
 
     alpha, _, tiles, out_channels = (int(d) for d in product.shape)
@@ -173,15 +197,29 @@ def inverse_te(product, *, tile: int, batch: int, out_height: int, out_width: in
     tiles_h, tiles_w = -(-out_height // tile), -(-out_width // tile)
     r_a = te.reduce_axis((0, alpha), "r_a")
     r_b = te.reduce_axis((0, alpha), "r_b")
-    inverse = te.compute(
-        (out_channels, tiles, tile, tile),
-        lambda o, p, h, w: te.sum(product_copy[r_a, r_b, p, o] * a_const[r_a, h]
-                                  * a_const[r_b, w], axis=[r_a, r_b]),
-        name="inverse", attrs={"schedule_rule": "conv2d_nchw_winograd_inverse"})
+    rule = f"conv2d_{layout.lower()}_winograd_inverse"
+
+    def tile_index(b, h, w):
+        return b * tiles_h * tiles_w + (h // tile) * tiles_w + w // tile
+
+    def transform(p, o, h, w):
+        return te.sum(product_copy[r_a, r_b, p, o] * a_const[r_a, h] * a_const[r_b, w],
+                      axis=[r_a, r_b])
+
+    if layout == "NCHW":
+        inverse = te.compute((out_channels, tiles, tile, tile),
+                             lambda o, p, h, w: transform(p, o, h, w),
+                             name="inverse", attrs={"schedule_rule": rule})
+        return te.compute(
+            (batch, out_channels, out_height, out_width),
+            lambda b, o, h, w: inverse[o, tile_index(b, h, w), h % tile, w % tile],
+            name="conv2d_winograd")
+    inverse = te.compute((tile, tile, tiles, out_channels),
+                         lambda h, w, p, o: transform(p, o, h, w),
+                         name="inverse", attrs={"schedule_rule": rule})
     return te.compute(
-        (batch, out_channels, out_height, out_width),
-        lambda b, o, h, w: inverse[o, b * tiles_h * tiles_w + (h // tile) * tiles_w
-                                   + w // tile, h % tile, w % tile],
+        (batch, out_height, out_width, out_channels),
+        lambda b, h, w, o: inverse[h % tile, w % tile, tile_index(b, h, w), o],
         name="conv2d_winograd")
 
 
@@ -222,19 +260,20 @@ def rewrite_winograd(mod, mode: str = "auto"):
             tile = choose_tile(found[0], mode) if found is not None else None
             if tile is None:
                 return call
-            shape, padding = found
+            shape, padding, layout = found
             batch = int(call.ty.shape.values[0])
             self.rewritten += 1
             bb = self.builder_
-            packed = bb.emit(bb.call_te(lambda x: data_pack_te(x, tile=tile, padding=padding),
-                                        call.args[0],
-                                        primfunc_name_hint="winograd_data_pack"))
-            kernel = relax.const(transform_weight(weight_np, tile))
+            packed = bb.emit(bb.call_te(
+                lambda x: data_pack_te(x, tile=tile, padding=padding, layout=layout),
+                call.args[0], primfunc_name_hint="winograd_data_pack"))
+            oihw = weight_np if layout == "NCHW" else weight_np.transpose(0, 3, 1, 2)
+            kernel = relax.const(transform_weight(oihw, tile))
             product = bb.emit(bb.call_te(batch_gemm_te, packed, kernel,
                                          primfunc_name_hint="winograd_batch_gemm"))
             return bb.call_te(
                 lambda m: inverse_te(m, tile=tile, batch=batch, out_height=shape.out_height,
-                                     out_width=shape.out_width),
+                                     out_width=shape.out_width, layout=layout),
                 product, primfunc_name_hint="winograd_inverse")
 
         def run(self):

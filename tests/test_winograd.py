@@ -38,7 +38,7 @@ def _conv_model(path, *, cin=8, cout=16, size=9, kernel=3, stride=1, pad=1, grou
     return path
 
 
-def _rewrite(path, mode):
+def _rewrite(path, mode, conv_layout="NCHW"):
     from simpletvm import model as m
     from simpletvm.compile import prepare_module, tuning_module
     from simpletvm.targets import resolve_target
@@ -46,8 +46,8 @@ def _rewrite(path, mode):
     spec = resolve_target('{"kind": "llvm", "num-cores": 1}')
     onnx_model = m.load_onnx(path)
     inputs = m.model_inputs(onnx_model)
-    mod, count = tuning_module(prepare_module(m.to_relax(onnx_model, inputs), spec), spec,
-                               winograd=mode)
+    prepared = prepare_module(m.to_relax(onnx_model, inputs), spec, conv_layout=conv_layout)
+    mod, count = tuning_module(prepared, spec, winograd=mode)
     return spec, onnx_model, inputs, mod, count
 
 
@@ -80,10 +80,10 @@ def test_transformed_weights_give_the_convolution_of_one_tile():
 
 
 @pytest.mark.parametrize("case", [dict(size=9), dict(size=8, pad=0), dict(size=7, cin=3)])
-@pytest.mark.parametrize("mode", ["2", "4"])
-def test_rewritten_model_matches_onnxruntime(tmp_path, case, mode):
+@pytest.mark.parametrize("mode,layout", [("2", "NCHW"), ("4", "NCHW"), ("4", "NHWC")])
+def test_rewritten_model_matches_onnxruntime(tmp_path, case, mode, layout):
     """Untuned build of the rewritten graph, odd sizes and no padding included (the last
-    tile reads past the image)."""
+    tile reads past the image), in both layouts."""
     import onnxruntime as ort
     import tvm
     from tvm import relax
@@ -92,7 +92,7 @@ def test_rewritten_model_matches_onnxruntime(tmp_path, case, mode):
     from simpletvm.model import random_inputs
 
     path = _conv_model(tmp_path / "conv.onnx", **case)
-    spec, onnx_model, inputs, mod, count = _rewrite(path, mode)
+    spec, onnx_model, inputs, mod, count = _rewrite(path, mode, layout)
     assert count == 1
     feeds = random_inputs(inputs)
     want = ort.InferenceSession(str(path)).run(None, feeds)[0]
