@@ -261,7 +261,8 @@ class TuningJob:
             self.trials = UNBOUNDED_TRIALS
         else:
             self.trials = default_trials(self._tasks, opts)
-        self.plan = make_plan(self._tasks, opts, min(self.trials, UNBOUNDED_TRIALS))
+        self.plan = make_plan(self._tasks, opts, min(self.trials, UNBOUNDED_TRIALS),
+                              winograd_convs=self.winograd_convs)
         self.allocator = GradientAllocator(self._tasks, seed=opts.seed)
         if self.trials > 0 and any(t.active for t in self._tasks):
             self._setup_tuning(ms, target)

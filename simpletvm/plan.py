@@ -44,6 +44,7 @@ class TuningPlan:
     time_budget_seconds: float | None
     coverage_trials: int
     estimated_seconds: float
+    winograd_convs: int = 0  # 3x3 convolutions tuned as Winograd (winograd.py)
 
     @property
     def significant(self) -> int:
@@ -62,7 +63,8 @@ def default_trials(tasks: list[TaskState], options: TuningOptions) -> int:
                + significant * DEFAULT_ROUNDS_PER_TASK * options.per_round)
 
 
-def make_plan(tasks: list[TaskState], options: TuningOptions, trials: int) -> TuningPlan:
+def make_plan(tasks: list[TaskState], options: TuningOptions, trials: int, *,
+              winograd_convs: int = 0) -> TuningPlan:
     """``trials`` may be unbounded (a time budget alone): the rounds that fit in the
     time at the assumed round times are planned then."""
     shares = _shares(tasks)
@@ -92,7 +94,8 @@ def make_plan(tasks: list[TaskState], options: TuningOptions, trials: int) -> Tu
                 + rounds * ASSUMED_SEARCH_ROUND_SECONDS)
     if options.time_budget_seconds is not None:
         estimate = min(estimate, options.time_budget_seconds)
-    return TuningPlan(rows, trials, options.time_budget_seconds, coverage, estimate)
+    return TuningPlan(rows, trials, options.time_budget_seconds, coverage, estimate,
+                      winograd_convs)
 
 
 def _shares(tasks: list[TaskState]) -> dict[int, float]:

@@ -266,9 +266,11 @@ def plan_table(plan) -> Table:
             budget += f" or {plan.trials} trials"
     else:
         budget = f"{plan.trials} trials, about {plan.estimated_seconds / 60:.1f} min (estimate)"
+    winograd = (f"; {plan.winograd_convs} 3x3 convolutions as Winograd"
+                if plan.winograd_convs else "")
     table = Table(title=f"Plan: {len(plan.tasks)} tasks, {plan.significant} significant; "
                         f"{budget}; coverage {plan.coverage_trials} trials, then search by "
-                        "expected gain", title_justify="left")
+                        f"expected gain{winograd}", title_justify="left")
     for col in ("task", "weight", "MFLOP", "share", "planned trials"):
         table.add_column(col, justify="right" if col != "task" else "left")
     shown = sorted(plan.tasks, key=lambda t: -t.share)
