@@ -3,8 +3,8 @@
 Each point runs `simpletvm tune MODEL --time-budget B --winograd MODE [--conv-layout L]
 --json` in a fresh process with a fresh database, and appends its result to a JSON-lines
 file (an interrupted run resumes), with each task's best kernel time read from the
-point's database. Models: one 3x3 convolution + bias + relu (`conv:CIN,COUT,SIZE`, built
-here with onnx.helper), or a sample name (`resnet18`).
+point's database. Models: one 3x3 convolution + bias + relu (`conv:CIN,COUT,SIZE[,STRIDE]`,
+built here with onnx.helper), or a sample name (`resnet18`); separate models with `;`.
 
     python benchmarks/winograd.py run --models "conv:128,128,28" --budget 150 \\
         --modes off,4 --layouts NCHW,NHWC --out docs/quality/winograd.jsonl
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import _revision, run_json  # noqa: E402 - a sibling benchmark's helpers
 
 
-def write_conv(path: Path, cin: int, cout: int, size: int) -> Path:
-    """conv 3x3 (pad 1) + bias + relu on a 1 x cin x size x size input."""
+def write_conv(path: Path, cin: int, cout: int, size: int, stride: int = 1) -> Path:
+    """conv 3x3 (pad 1, ``stride``) + bias + relu on a 1 x cin x size x size input."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -38,10 +38,12 @@ def write_conv(path: Path, cin: int, cout: int, size: int) -> Path:
     weight = (rng.standard_normal((cout, cin, 3, 3)) / np.sqrt(9 * cin)).astype(np.float32)
     bias = (0.1 * rng.standard_normal(cout)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1] * 4, kernel_shape=[3, 3]),
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1] * 4, kernel_shape=[3, 3],
+                          strides=[stride, stride]),
          helper.make_node("Relu", ["c"], ["y"])], "conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, size, size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                       [1, cout, -(-size // stride), -(-size // stride)])],
         initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -51,9 +53,10 @@ def write_conv(path: Path, cin: int, cout: int, size: int) -> Path:
 
 def _model_path(name: str, work: Path) -> Path:
     if name.startswith("conv:"):
-        cin, cout, size = (int(v) for v in name[5:].split(","))
-        path = work / f"conv-{cin}-{cout}-{size}.onnx"
-        return path if path.exists() else write_conv(path, cin, cout, size)
+        cin, cout, size, *stride = (int(v) for v in name[5:].split(","))
+        stride = stride[0] if stride else 1
+        path = work / f"conv-{cin}-{cout}-{size}-s{stride}.onnx"
+        return path if path.exists() else write_conv(path, cin, cout, size, stride)
     path = work / f"{name}.onnx"
     if not path.exists():
         subprocess.run(["simpletvm", "sample", name, "-o", str(path)], check=True,
