@@ -212,9 +212,26 @@ def cmd_checkpoints(args) -> int:
     return 0
 
 
-def _model_gflop(result: dict) -> float:
+_DIRECT_GFLOP: dict[str, float] = {}
+
+
+def _model_gflop(result: dict, model: str | None = None, work: Path | None = None) -> float:
+    """The model's own FLOPs: its tasks' weight x FLOPs with every convolution direct.
+
+    A run's plan counts the tasks it tuned, and a Winograd task does 2.25 to 4 times
+    fewer FLOPs than the convolution it computes: the roofline must not move with it.
+    """
     plan = result.get("plan") or {}  # runs of revisions without a plan have no FLOPs
-    return sum(t["weight"] * t["flops"] for t in plan.get("tasks", [])) / 1e9
+    tuned = sum(t["weight"] * t["flops"] for t in plan.get("tasks", [])) / 1e9
+    if not result.get("winograd_convs") or model is None or work is None:
+        return tuned
+    if model not in _DIRECT_GFLOP:
+        proc = subprocess.run(["simpletvm", "inspect", str(work / f"{model}.onnx"),
+                               "--winograd", "off", "--json"], capture_output=True,
+                              text=True, check=True)
+        tasks = json.loads(proc.stdout)["tasks"]
+        _DIRECT_GFLOP[model] = sum(t["weight"] * t["flops"] for t in tasks) / 1e9
+    return _DIRECT_GFLOP[model]
 
 
 def cmd_report(args) -> int:
@@ -234,7 +251,7 @@ def cmd_report(args) -> int:
             print(f"| {name} | {row['budget_min']:g} | {row['repeat']} | "
                   f"failed: {row.get('error', '?')} |" + " |" * 11)
             continue
-        roof = _model_gflop(r) / peak * 1e3
+        roof = _model_gflop(r, row["model"], Path(args.work) if args.work else None) / peak * 1e3
         check = r.get("output_check") or {}
         ratio = r["tuned_ms"] / r["onnxruntime_ms"] if r.get("onnxruntime_ms") else None
         print(f"| {name} | {row['budget_min']:g} | {row['repeat']} | {r['tasks']} | "
@@ -244,18 +261,19 @@ def cmd_report(args) -> int:
               f"{'ok' if check.get('ok') else 'not run'} {check.get('max_abs_err', '')} | "
               f"{r['tuning_seconds']:.0f} | {row['revision']} | {row['date']} |")
     _spread(rows)
-    _quiet_table(Path(args.out), rows, peak)
+    _quiet_table(Path(args.out), rows, peak, Path(args.work) if args.work else None)
+    _checkpoint_table(Path(args.out))
     if args.figure:
         _plot(rows, Path(args.figure))
     return 0
 
 
-def _quiet_table(out: Path, rows: list[dict], peak: float) -> None:
+def _quiet_table(out: Path, rows: list[dict], peak: float, work: Path | None) -> None:
     quiet_path = out.with_name(out.stem + "-quiet.jsonl")
     if not quiet_path.exists():
         return
     flops = {(r.get("label", ""), r["model"], r["budget_min"], r["repeat"]):
-             _model_gflop(r["result"]) for r in rows if r.get("result")}
+             _model_gflop(r["result"], r["model"], work) for r in rows if r.get("result")}
     print("\nQuiet re-measure (`quality.py remeasure`: built again from each point's "
           "database, nothing else running):\n")
     print("| model | budget min | repeat | untuned ms | tuned ms | onnxruntime ms | "
@@ -271,6 +289,26 @@ def _quiet_table(out: Path, rows: list[dict], peak: float) -> None:
               f"{_ms(q.get('untuned_ms'))} | {_ms(q['tuned_ms'])} | "
               f"{_ms(q.get('onnxruntime_ms'))} | {f'{ratio:.2f}' if ratio else '-'} | "
               f"{roof:.3f} | {q.get('exported')} | {q['date']} |")
+
+
+def _checkpoint_table(out: Path) -> None:
+    path = out.with_name(out.stem + "-checkpoints.jsonl")
+    if not path.exists():
+        return
+    print("\nCheckpoints (`quality.py checkpoints`: a long run's database as it stood after "
+          "M minutes, built and timed again):\n")
+    print("| model | run's budget min | at min | records | untuned ms | tuned ms | "
+          "onnxruntime ms | tuned / ort | exported | revision | date |")
+    print("|" + "---|" * 11)
+    points = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for q in sorted(points, key=lambda q: (q["model"], q["budget_min"], q["at_min"])):
+        if q.get("rc") != 0:
+            continue
+        ratio = q["tuned_ms"] / q["onnxruntime_ms"] if q.get("onnxruntime_ms") else None
+        print(f"| {q['model']} | {q['budget_min']:g} | {q['at_min']:g} | {q['records']} | "
+              f"{_ms(q.get('untuned_ms'))} | {_ms(q['tuned_ms'])} | "
+              f"{_ms(q.get('onnxruntime_ms'))} | {f'{ratio:.2f}' if ratio else '-'} | "
+              f"{q.get('exported')} | {q['revision']} | {q['date']} |")
 
 
 def _ms(value) -> str:
@@ -343,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--figure", default=None)
     report.add_argument("--peak", type=float, default=None,
                         help="GFLOPS (default: measure with the GEMM microbenchmark)")
+    report.add_argument("--work", default=None, help=(
+        "the run's --work folder: its models give the direct FLOPs of Winograd runs"))
     remeasure = sub.add_parser("remeasure", help="time each point again from its database")
     remeasure.add_argument("--out", default="docs/quality/results.jsonl")
     remeasure.add_argument("--work", required=True, help="the run's --work folder")

@@ -202,6 +202,9 @@ def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
     target: TargetOpt = "llvm",
     input_shape: ShapeOpt = None,
+    winograd: Annotated[str, typer.Option(help=(
+        "The tasks as tune makes them with this --winograd mode (off: the direct "
+        "convolutions, whose FLOPs are the model's own)."))] = TuningOptions().winograd,
     json_out: JsonOpt = False,
 ) -> None:
     """List the model's inputs and tuning tasks, with shapes and FLOPs."""
@@ -209,7 +212,9 @@ def inspect(
     def body() -> None:
         from .tasks_info import inspect_model
 
-        info = inspect_model(model, target=target, input_shapes=_shapes(input_shape))
+        TuningOptions(winograd=winograd.lower()).validate()
+        info = inspect_model(model, target=target, input_shapes=_shapes(input_shape),
+                             winograd=winograd.lower())
         if json_out:
             render.print_json(info)
             return

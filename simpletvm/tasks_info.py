@@ -13,7 +13,8 @@ from .targets import resolve_target
 
 
 def inspect_model(path: str | Path, *, target: str = "llvm",
-                  input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+                  input_shapes: dict[str, tuple[int, ...]] | None = None,
+                  winograd: str = TuningOptions().winograd) -> dict[str, Any]:
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
 
@@ -24,7 +25,7 @@ def inspect_model(path: str | Path, *, target: str = "llvm",
     load_intrinsics(spec.kind)
     tvm_target = spec.tvm_target()
     mod, _ = tuning_module(prepare_module(model_mod.to_relax(onnx_model, inputs), spec), spec,
-                           winograd=TuningOptions().winograd)
+                           winograd=winograd)
     tasks = ms.relax_integration.extract_tasks(
         model_mod.fuse_for_tuning(mod, tvm_target, layout_rewrite=not spec.is_gpu), tvm_target)
     rows = []
