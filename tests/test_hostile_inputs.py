@@ -36,6 +36,9 @@ CASES = {
     "output under missing dirs": (["sample", "tiny", "-o", "no/such/dir/s.onnx"],
                                   "does not exist"),
     "bad conv layout": (["tune", "{tiny}", "--conv-layout", "NCWH"], "unknown conv layout"),
+    "bad winograd mode": (["tune", "{tiny}", "--winograd", "8"], "unknown winograd mode"),
+    "bad winograd mode, inspect": (["inspect", "{tiny}", "--winograd", "on"],
+                                   "unknown winograd mode"),
     "bad target": (["tune", "{tiny}", "--target", "llvm -mcpu=foo"], "old CLI-string"),
 }
 

@@ -29,6 +29,8 @@ from .tvm_helpers import options_away_from_default
     ("layout_rewrite", 1, "layout-rewrite must be true or false"),
     ("cost_model", "gbm", "unknown cost model"),
     ("conv_layout", "NCWH", "unknown conv layout"),
+    ("winograd", "8", "unknown winograd mode"),
+    ("winograd", 4, "unknown winograd mode"),
 ])
 def test_invalid_options_are_refused_with_their_name(field, value, words):
     with pytest.raises(UserInputError, match=words):
