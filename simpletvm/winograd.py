@@ -9,9 +9,10 @@ schedule can at best tie with it; Winograd is the way past it.
 
 The rewrite happens at the Relax level, before task extraction and the build alike (so
 both see the same fused functions). The weights are constants, so their transform is
-computed here once, in float64, and the kernel takes the transformed weights; TOPI's
-``pre_computed`` Winograd compute marks them layout-free, and MetaSchedule's own CPU
-rules for the data-pack and inverse blocks schedule the rest.
+computed here once, in float64; the convolution becomes three functions (data pack,
+batched matrix product with the transformed weights, inverse), whose blocks are TOPI's
+so that MetaSchedule's own CPU rules for Winograd schedule the two transforms, while the
+matrix product is tuned like any other, its constant weights layout-free.
 
 The transformed weights are (m+2)^2 / 9 times larger (4x for m = 4). Where a layer's
 weights dominate its cost (many channels on a small image), reading them costs more than
@@ -24,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# what reading one byte of weights costs, in FLOPs: about 20 GB/s of memory bandwidth
-# against about 160 GFLOPS on this project's 2-core AVX2 machine (see choose_tile)
+# what reading one byte of weights costs, in FLOPs: a rough guide, not a measurement,
+# from this machine's GEMM peak (157 GFLOPS, docs/quality.md) against an assumed 20 GB/s
+# of memory bandwidth (see choose_tile)
 FLOPS_PER_WEIGHT_BYTE = 8.0
 
 
@@ -60,8 +62,8 @@ def choose_tile(shape: ConvShape, mode: str) -> int | None:
 
     ``auto`` takes the cheapest of direct, F(2x2) and F(4x4) by ``ConvShape.cost``: the
     arithmetic plus the weights' bytes at what reading them costs. Small images with
-    many channels (7 x 7 x 512) stay direct, and so do layers with fewer than 8 channels
-    in or out, too small to matter.
+    many channels (7 x 7 x 512) take F(2x2), whose weights are smaller than F(4x4)'s;
+    layers with fewer than 8 channels in or out stay direct, too small to matter.
     """
     if mode == "off":
         return None
