@@ -233,6 +233,10 @@ def compare(
     db: Annotated[Path, typer.Option(help="Tuning database to build from.")],
     target: TargetOpt = "llvm",
     input_shape: ShapeOpt = None,
+    conv_layout: Annotated[str, typer.Option(help=(
+        "The --conv-layout the database was tuned with."))] = TuningOptions().conv_layout,
+    winograd: Annotated[str, typer.Option(help=(
+        "The --winograd mode the database was tuned with."))] = TuningOptions().winograd,
     json_out: JsonOpt = False,
 ) -> None:
     """Build MODEL from the database alone and compare with untuned TVM and onnxruntime."""
@@ -243,7 +247,9 @@ def compare(
         if not db.exists():
             raise UserInputError(f"tuning database '{db}' does not exist; "
                                  "tune first with `simpletvm tune --db`")
-        job = TuningJob.from_model(model, target=target, options=TuningOptions(trials=0),
+        options = TuningOptions(trials=0, conv_layout=conv_layout.upper(),
+                                winograd=winograd.lower())
+        job = TuningJob.from_model(model, target=target, options=options,
                                    db_path=db, input_shapes=_shapes(input_shape))
         result = job.run_all().result()
         if json_out:
