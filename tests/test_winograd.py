@@ -12,14 +12,14 @@ from simpletvm.winograd import ConvShape, choose_tile, transform_weight
 
 
 def _conv_model(path, *, cin=8, cout=16, size=9, kernel=3, stride=1, pad=1, group=1,
-                weight_input=False):
-    """conv (+ bias) + relu on a 1 x cin x size x size input."""
+                weight_input=False, batch=1):
+    """conv (+ bias) + relu on a batch x cin x size x size input."""
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((cout, cin // group, kernel, kernel))
               / np.sqrt(cin * kernel * kernel)).astype(np.float32)
     bias = rng.standard_normal(cout).astype(np.float32)
     out = (size + 2 * pad - kernel) // stride + 1
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, size, size])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cin, size, size])]
     inits = [numpy_helper.from_array(bias, "b")]
     if weight_input:  # the weight is a model input, not a constant
         inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, list(weight.shape)))
@@ -30,7 +30,7 @@ def _conv_model(path, *, cin=8, cout=16, size=9, kernel=3, stride=1, pad=1, grou
              helper.make_node("Relu", ["c"], ["y"])]
     graph = helper.make_graph(nodes, "conv", inputs,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT,
-                                                             [1, cout, out, out])],
+                                                             [batch, cout, out, out])],
                               initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -79,7 +79,8 @@ def test_transformed_weights_give_the_convolution_of_one_tile():
         np.testing.assert_allclose(winograd, direct, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", [dict(size=9), dict(size=8, pad=0), dict(size=7, cin=3)])
+@pytest.mark.parametrize("case", [dict(size=9), dict(size=8, pad=0), dict(size=7, cin=3),
+                                  dict(size=6, batch=2)])
 @pytest.mark.parametrize("mode,layout", [("2", "NCHW"), ("4", "NCHW"), ("4", "NHWC")])
 def test_rewritten_model_matches_onnxruntime(tmp_path, case, mode, layout):
     """Untuned build of the rewritten graph, odd sizes and no padding included (the last
