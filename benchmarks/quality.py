@@ -77,7 +77,7 @@ def run_point(model: str, budget_min: float, repeat: int, work: Path,
     shown = ["simpletvm", "tune", f"{model}.onnx", *cmd[3:7], "--db", "FRESH.db", *cmd[9:]]
     return {"model": model, "budget_min": budget_min, "repeat": repeat,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", started), "revision": _revision(),
-            **run_json(cmd, shown)}
+            "extra": extra, **run_json(cmd, shown)}
 
 
 def run_json(cmd: list[str], shown: list[str]) -> dict:
@@ -142,7 +142,7 @@ def cmd_remeasure(args) -> int:
         if row["budget_min"] == 0 or not db.exists():
             continue
         cmd = ["simpletvm", "tune", str(work / f"{row['model']}.onnx"), "--trials", "0",
-               "--db", str(db), "--json"]
+               "--db", str(db), "--json", *row.get("extra", [])]  # the run's graph options
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         quiet = {"label": key[0], "model": key[1], "budget_min": key[2], "repeat": key[3],
                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -194,7 +194,7 @@ def cmd_checkpoints(args) -> int:
                 kept = conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]
             conn.close()
             cmd = ["simpletvm", "tune", str(work / f"{row['model']}.onnx"), "--trials", "0",
-                   "--db", str(cut), "--json"]
+                   "--db", str(cut), "--json", *row.get("extra", [])]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             point = {"label": key[0], "model": key[1], "budget_min": key[2],
                      "repeat": key[3], "at_min": at, "records": kept,
