@@ -61,6 +61,8 @@ class _Round:
 # no budget in trials (a time budget alone): progress reports 0 as the total. The
 # largest C++ int: MetaSchedule's search strategies take their trial count as one
 UNBOUNDED_TRIALS = 2**31 - 1
+# tries of a coverage round's sampling (see TuningJob._coverage_candidates)
+COVERAGE_ATTEMPTS = 3
 
 
 class TuningJob:
@@ -390,9 +392,8 @@ class TuningJob:
         _, mod = self._contexts[task.index]
         keep = min(opts.coverage_measured, max(self._budget_left(), 0))
         if keep > 0:
-            ctx = self._coverage_context(task)
             seeded = self._transfer_for(task)
-            rnd.candidates = ranked_samples(ctx, self.cost_model, keep, seeded=seeded)
+            rnd.candidates = self._coverage_candidates(task, keep, seeded)
             measured = sum(1 for c in rnd.candidates if any(c is s for s in seeded))
             self.transfer["measured"] += measured
         if self._wants_default(task):
@@ -404,18 +405,35 @@ class TuningJob:
             return
         self._next = StageKind.BUILD
 
+    def _coverage_candidates(self, task: TaskState, keep: int, seeded: list) -> list:
+        """The coverage round's candidates. MetaSchedule's ReplayTrace fails a whole batch
+        when one sampled trace cannot be replayed (seen on Winograd's data pack: 5 of 20
+        seeds of 64 samples), so a failed batch is sampled again with other seeds, and
+        after three failures the round measures the transferred schedules alone."""
+        for attempt in range(COVERAGE_ATTEMPTS):
+            try:
+                return ranked_samples(self._coverage_context(task, attempt=attempt),
+                                      self.cost_model, keep, seeded=seeded)
+            except RuntimeError:
+                continue
+        return ranked_samples(self._coverage_context(task), self.cost_model, keep,
+                              seeded=seeded, sample=False)
+
     def _wants_default(self, task: TaskState) -> bool:
         """Measure the task's default schedule once, on a CPU. On a GPU the untuned
         build is DLight's, not the unscheduled function (which does not build there)."""
         return task.default_secs is None and not self.target.is_gpu
 
-    def _coverage_context(self, task: TaskState):
-        if task.index not in self._coverage_contexts:
+    def _coverage_context(self, task: TaskState, *, attempt: int = 0):
+        """The task's coverage context; ``attempt`` > 0 makes a fresh one with another seed
+        (``_coverage_search`` retries when a sampled schedule could not be replayed)."""
+        if task.index not in self._coverage_contexts or attempt:
             opts = self.options
             _, mod = self._contexts[task.index]
             self._coverage_contexts[task.index] = coverage_context(
                 mod, self.target.tvm_target(), task_name=task.name,
-                threads=opts.search_threads, seed=opts.seed * 1000 + task.index + 7,
+                threads=opts.search_threads,
+                seed=opts.seed * 1000 + task.index + 7 + 100_003 * attempt,
                 samples=opts.coverage_samples, database=self.database,
                 cost_model=self.cost_model)
         return self._coverage_contexts[task.index]

@@ -127,3 +127,38 @@ def test_the_output_check_fails_on_a_wrong_module(tiny_model, tmp_path, fast_opt
         job.run_stage()
     assert not (tmp_path / "tiny.so").exists()
     assert (tmp_path / "tiny.so.rejected").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failures", [1, 99])
+def test_a_coverage_batch_that_fails_to_replay_is_sampled_again(tiny_model, tmp_path,
+                                                                fast_options, monkeypatch,
+                                                                failures):
+    """ReplayTrace fails a whole batch when one sampled trace cannot be replayed: the round
+    samples again with another seed, and after three failures measures only what was
+    transferred (nothing here) beside the default schedule, and the job goes on."""
+    from simpletvm import engine
+
+    real, calls = engine.ranked_samples, []
+
+    def flaky(ctx, cost_model, keep, *, seeded=(), sample=True):
+        calls.append((id(ctx), sample))
+        if sample and len(calls) <= failures:
+            raise RuntimeError("The block no longer exists in the IRModule")
+        return real(ctx, cost_model, keep, seeded=seeded, sample=sample)
+
+    monkeypatch.setattr(engine, "ranked_samples", flaky)
+    job = TuningJob.from_model(tiny_model, options=fast_options(trials=4, per_round=4),
+                               db_path=tmp_path / "t.db", measure_baselines=False)
+    job.run_stage()  # prepare
+    assert job.next_stage().info["coverage"]
+    job.run_stage()  # the coverage search
+    sampled = [ctx for ctx, sample in calls if sample]
+    if failures == 1:
+        assert len(sampled) == 2 and sampled[0] != sampled[1]  # a fresh context, reseeded
+        assert job._round.candidates  # the second batch was sampled
+    else:
+        assert len(sampled) == engine.COVERAGE_ATTEMPTS and calls[-1][1] is False
+        assert job._round.candidates == [] and job._round.default is not None
+    job.run_all()
+    assert job.result()["trials"] >= 0 and job.executable is not None
