@@ -29,26 +29,31 @@ def test_compare_is_normwise_and_catches_a_wrong_output():
 def test_coverage_reaches_every_task_before_any_search_round(cnn_model, tmp_path,
                                                              fast_options):
     job = TuningJob.from_model(cnn_model, options=fast_options(trials=None, coverage_measured=2,
+                                                                coverage_samples=16,
                                                                 per_round=4),
                                db_path=tmp_path / "t.db", measure_baselines=False)
     rounds = []
+    # run until two evolutionary rounds have been asked for: the coverage is all done
     while (request := job.next_stage()) is not None:
         if request.kind == StageKind.SEARCH:
             rounds.append((request.info["task"], request.info["coverage"]))
+            if sum(not is_coverage for _, is_coverage in rounds) == 2:
+                break
         job.run_stage()
+    job.close()
     tasks = job.tasks
     coverage = [name for name, is_coverage in rounds if is_coverage]
     # the floor: one coverage round per task, all before the first evolutionary round
     assert sorted(coverage) == sorted(t.name for t in tasks)
     assert all(is_coverage for _, is_coverage in rounds[:len(tasks)])
-    assert not any(is_coverage for _, is_coverage in rounds[len(tasks):])
+    assert len(rounds) == len(tasks) + 2 and not any(c for _, c in rounds[len(tasks):])
     # heaviest task (weight x FLOPs) first
     by_work = sorted(tasks, key=lambda t: -t.weight * t.flops)
     assert coverage[0] == by_work[0].name
     # every task has its default time and at least one measured record
     assert all(t.default_secs is not None and t.trials_done >= 1 for t in tasks)
     # the default budget is sized from the task count
-    assert job.trials >= len(tasks) * 2 and job.result()["coverage"]["tasks"] == len(tasks)
+    assert job.trials >= len(tasks) * 2 and job.coverage["tasks"] == len(tasks)
 
 
 @pytest.mark.slow
