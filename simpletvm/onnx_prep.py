@@ -111,6 +111,10 @@ def _tracing_importer(base: type) -> type:
 
             def _convert_operator(self, op_name, inputs, attrs, opset):
                 try:
+                    if op_name == "Clip":
+                        clipped = clip_with_relax_ops(self.bb, inputs, attrs, opset)
+                        if clipped is not None:
+                            return self.bb.normalize(clipped)
                     return super()._convert_operator(op_name, inputs, attrs, opset)
                 except Exception:
                     if self.failed is None:  # the innermost node of a subgraph comes first
@@ -120,6 +124,49 @@ def _tracing_importer(base: type) -> type:
 
         _TRACING[base] = TracingImporter
     return _TRACING[base]
+
+
+def clip_with_relax_ops(bb, inputs: list, attrs: dict, opset: int):
+    """ONNX ``Clip`` as Relax ``maximum``/``minimum`` with scalar constants.
+
+    TVM's converter emits TE functions (``call_tir``), which ``ConvertLayout`` cannot see
+    through: with ``--conv-layout NHWC`` each ReLU6 of a MobileNet sat between two
+    transposes. Relax operators are converted like any elementwise operator. Returns None
+    where the input is not floating point or a bound is not a finite scalar constant, and
+    the frontend's converter handles those (it also treats NaN bounds as absent).
+    """
+    import numbers
+
+    import numpy as np
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    x = inputs[0]
+    dtype = getattr(getattr(x, "ty", None), "dtype", "")  # TVM 0.27: ``.ty``
+    if not str(dtype).startswith("float"):
+        return None
+    if opset < 11:
+        bounds = [attrs.get("min"), attrs.get("max")]
+    else:
+        bounds = [inputs[i] if len(inputs) > i else None for i in (1, 2)]
+    values = []
+    for bound in bounds:
+        if bound is None:
+            values.append(None)
+            continue
+        if isinstance(bound, Constant):
+            array = bound.value.numpy()
+            if array.size != 1:
+                return None
+            bound = float(array.reshape(()))
+        if not isinstance(bound, numbers.Real) or not np.isfinite(bound):
+            return None
+        values.append(float(bound))
+    out = x
+    for value, op in zip(values, (relax.op.maximum, relax.op.minimum), strict=True):
+        if value is not None:
+            out = bb.emit(op(out, relax.const(value, dtype)))
+    return out
 
 
 def _failure(exc: Exception, failed: tuple[str, str] | None,
