@@ -5,7 +5,7 @@ record where it beats the task's default schedule), then times whole inferences 
 through the Relax VM's instrument hook, each call of each kernel. The hook adds a little
 per call, so the kernels' sum is a bit above the whole model's time.
 
-    python benchmarks/kernel_profile.py resnet18.onnx --db tuning.db [--winograd auto]
+    python benchmarks/kernel_profile.py resnet18.onnx --db tuning.db [--winograd auto] [--conv-layout auto]
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import collections
 import time
 
 
-def profile(model_path: str, db_path: str, *, winograd: str, target: str = "llvm",
-            repeats: int = 20) -> dict:
+def profile(model_path: str, db_path: str, *, winograd: str, conv_layout: str = "auto",
+            target: str = "llvm", repeats: int = 20) -> dict:
     import tvm
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
@@ -31,8 +31,8 @@ def profile(model_path: str, db_path: str, *, winograd: str, target: str = "llvm
     load_intrinsics(spec.kind)
     onnx_model = m.load_onnx(model_path)
     inputs = m.model_inputs(onnx_model)
-    mod, _ = tuning_module(prepare_module(m.to_relax(onnx_model, inputs), spec), spec,
-                           winograd=winograd)
+    prepared = prepare_module(m.to_relax(onnx_model, inputs), spec, conv_layout=conv_layout)
+    mod, _ = tuning_module(prepared, spec, winograd=winograd)
     tvm_target = spec.tvm_target()
     layout_rewrite = not spec.is_gpu
     tasks = ms.relax_integration.extract_tasks(
@@ -76,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model")
     parser.add_argument("--db", required=True)
     parser.add_argument("--winograd", default="auto")
+    parser.add_argument("--conv-layout", default="auto", help="as the database was tuned")
     parser.add_argument("--target", default="llvm")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
-    result = profile(args.model, args.db, winograd=args.winograd, target=args.target)
+    result = profile(args.model, args.db, winograd=args.winograd,
+                     conv_layout=args.conv_layout, target=args.target)
     total = sum(k["ms"] for k in result["kernels"])
     print(f"whole model {result['model_ms']:.3f} ms; kernels, as instrumented, "
           f"{total:.3f} ms; kept at the default schedule: {result['kept_default']}\n")

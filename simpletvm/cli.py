@@ -9,7 +9,7 @@ import typer
 
 from . import render
 from .errors import UserInputError
-from .options import DEFAULT_PER_ROUND, TuningOptions
+from .options import DEFAULT_PER_ROUND, TuningOptions, normal_conv_layout
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -63,8 +63,8 @@ def tune(
     layout_rewrite: Annotated[bool, typer.Option(help=(
         "CPU: let schedules choose the weights' layout (folded at build)."))] = True,
     conv_layout: Annotated[str, typer.Option(help=(
-        "NHWC converts 2-D convolutions to NHWC before tuning; NCHW keeps the model's."))] = (
-        "NCHW"),
+        "NHWC converts 2-D convolutions to NHWC before tuning; NCHW keeps the model's; "
+        "auto: NHWC on a CPU, NCHW on a GPU."))] = TuningOptions().conv_layout,
     winograd: Annotated[str, typer.Option(help=(
         "CPU: 3x3 stride-1 convolutions by Winograd: auto (where it pays), 2 or 4 (that "
         "tile wherever it applies), off."))] = TuningOptions().winograd,
@@ -98,7 +98,8 @@ def tune(
                              population_size=population,
                              init_min_unmeasured=min(50, population),
                              layout_rewrite=layout_rewrite, check_outputs=output_check,
-                             conv_layout=conv_layout.upper(), winograd=winograd.lower(),
+                             conv_layout=normal_conv_layout(conv_layout),
+                             winograd=winograd.lower(),
                              shared_model=shared_model,
                              shared_model_every=shared_model_every,
                              transfer=transfer).validate()
@@ -205,6 +206,9 @@ def inspect(
     winograd: Annotated[str, typer.Option(help=(
         "The tasks as tune makes them with this --winograd mode (off: the direct "
         "convolutions, whose FLOPs are the model's own)."))] = TuningOptions().winograd,
+    conv_layout: Annotated[str, typer.Option(help=(
+        "The tasks as tune makes them with this --conv-layout."))] = (
+        TuningOptions().conv_layout),
     json_out: JsonOpt = False,
 ) -> None:
     """List the model's inputs and tuning tasks, with shapes and FLOPs."""
@@ -212,9 +216,10 @@ def inspect(
     def body() -> None:
         from .tasks_info import inspect_model
 
-        TuningOptions(winograd=winograd.lower()).validate()
+        opts = TuningOptions(winograd=winograd.lower(),
+                             conv_layout=normal_conv_layout(conv_layout)).validate()
         info = inspect_model(model, target=target, input_shapes=_shapes(input_shape),
-                             winograd=winograd.lower())
+                             winograd=opts.winograd, conv_layout=opts.conv_layout)
         if json_out:
             render.print_json(info)
             return
@@ -247,7 +252,7 @@ def compare(
         if not db.exists():
             raise UserInputError(f"tuning database '{db}' does not exist; "
                                  "tune first with `simpletvm tune --db`")
-        options = TuningOptions(trials=0, conv_layout=conv_layout.upper(),
+        options = TuningOptions(trials=0, conv_layout=normal_conv_layout(conv_layout),
                                 winograd=winograd.lower())
         job = TuningJob.from_model(model, target=target, options=options,
                                    db_path=db, input_shapes=_shapes(input_shape))

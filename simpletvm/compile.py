@@ -14,12 +14,16 @@ from .targets import TargetSpec
 def prepare_module(mod, target_spec: TargetSpec, *, conv_layout: str = "NCHW"):
     """Inference decompositions applied before both task extraction and compilation;
     ``conv_layout="NHWC"`` converts 2-D convolutions (and their weights) to NHWC/OHWI,
-    with a transpose where the model's layout meets theirs."""
+    with a transpose where the model's layout meets theirs; ``"auto"`` is resolved for
+    the target by ``options.conv_layout_for``. The default keeps the model's layout (the
+    untuned baseline)."""
     import tvm
     from tvm import relax
 
+    from .options import conv_layout_for
+
     passes = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
-    if conv_layout == "NHWC":
+    if conv_layout_for(conv_layout, gpu=target_spec.is_gpu) == "NHWC":
         passes.append(relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}))
     with target_spec.tvm_target(), tvm.transform.PassContext(opt_level=3):
         return tvm.transform.Sequential(passes)(mod)

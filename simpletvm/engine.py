@@ -21,7 +21,7 @@ from . import model as model_mod
 from .coverage import coverage_context, default_candidate, ranked_samples
 from .intrin import load_intrinsics
 from .intrin import preload as _preload
-from .options import TuningOptions
+from .options import TuningOptions, conv_layout_for
 from .plan import TuningPlan, default_trials, make_plan
 from .remote import (
     DeviceUnavailable,
@@ -708,6 +708,7 @@ class TuningJob:
             "trials": sum(t.trials_done for t in self._tasks), "tasks": len(self._tasks),
             "tasks_kept_default": list(self.kept_default), "coverage": dict(self.coverage),
             "winograd_convs": self.winograd_convs,
+            "conv_layout": conv_layout_for(self.options.conv_layout, gpu=self.target.is_gpu),
             "transfer": dict(self.transfer), "shared_model": self._shared_model_summary(),
             "plan": self.plan.as_dict() if self.plan else None,
             "stop_reason": self.stop_reason, "served_from_db": dict(self.served),

@@ -28,6 +28,10 @@ SIGNIFICANT_SHARE = 0.005
 # how 3x3 convolutions are computed on a CPU (winograd.py): by the rough roofline, or one
 # Winograd tile wherever it applies, or always directly
 WINOGRAD_MODES = ("auto", "off", "2", "4")
+# the layout 2-D convolutions are tuned in: "auto" is NHWC on a CPU (its schedules
+# vectorise output channels, and a 30-minute resnet18 matched a 60-minute NCHW one:
+# docs/quality.md) and the model's own NCHW on a GPU
+CONV_LAYOUTS = ("auto", "NCHW", "NHWC")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
 
 
@@ -64,8 +68,9 @@ class TuningOptions:
     coverage_measured: int = 4
     # CPU: let MetaSchedule choose the weights' layout (folded into constants at build)
     layout_rewrite: bool = True
-    # "NHWC": convert 2-D convolutions to NHWC before tuning (NCHW: the model's own)
-    conv_layout: str = "NCHW"
+    # CONV_LAYOUTS: "NHWC" converts 2-D convolutions to NHWC before tuning, "NCHW" keeps
+    # the model's, "auto" picks by target (conv_layout_for)
+    conv_layout: str = "auto"
     # CPU: 3x3 stride-1 convolutions by Winograd (winograd.py): "auto" where the rough
     # roofline says it pays, "2" or "4" for that tile everywhere it applies, "off"
     winograd: str = "auto"
@@ -110,8 +115,9 @@ class TuningOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserInputError(f"{_flag(name)} must be positive, got {value}")
-        if self.conv_layout not in ("NCHW", "NHWC"):
-            raise UserInputError(f"unknown conv layout '{self.conv_layout}'; use NCHW or NHWC")
+        if self.conv_layout not in CONV_LAYOUTS:
+            raise UserInputError(f"unknown conv layout '{self.conv_layout}'; use "
+                                 + ", ".join(CONV_LAYOUTS))
         if self.winograd not in WINOGRAD_MODES:
             raise UserInputError(f"unknown winograd mode '{self.winograd}'; use "
                                  + ", ".join(WINOGRAD_MODES))
@@ -133,6 +139,18 @@ _INTS = {"trials", "per_round", "builder_workers", "search_threads", "builder_ma
          "coverage_samples", "coverage_measured", "evaluate_every", "population_size",
          "init_min_unmeasured", "genetic_num_iters", "shared_model_every"}
 _BOOLS = {"reuse", "layout_rewrite", "check_outputs", "shared_model", "transfer"}
+
+
+def normal_conv_layout(value: str) -> str:
+    """``--conv-layout`` as written by a user (any case) in CONV_LAYOUTS' spelling."""
+    return value.lower() if value.lower() == "auto" else value.upper()
+
+
+def conv_layout_for(layout: str, *, gpu: bool) -> str:
+    """The layout convolutions are tuned in on a GPU or CPU target: "NCHW" or "NHWC"."""
+    if layout == "auto":
+        return "NCHW" if gpu else "NHWC"
+    return layout
 
 
 def _flag(name: str) -> str:

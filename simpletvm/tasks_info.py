@@ -8,13 +8,14 @@ from typing import Any
 from . import model as model_mod
 from .compile import prepare_module, tuning_module
 from .intrin import load_intrinsics
-from .options import TuningOptions
+from .options import TuningOptions, conv_layout_for
 from .targets import resolve_target
 
 
 def inspect_model(path: str | Path, *, target: str = "llvm",
                   input_shapes: dict[str, tuple[int, ...]] | None = None,
-                  winograd: str = TuningOptions().winograd) -> dict[str, Any]:
+                  winograd: str = TuningOptions().winograd,
+                  conv_layout: str = TuningOptions().conv_layout) -> dict[str, Any]:
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
 
@@ -24,8 +25,9 @@ def inspect_model(path: str | Path, *, target: str = "llvm",
     spec = resolve_target(target)
     load_intrinsics(spec.kind)
     tvm_target = spec.tvm_target()
-    mod, _ = tuning_module(prepare_module(model_mod.to_relax(onnx_model, inputs), spec), spec,
-                           winograd=winograd)
+    prepared = prepare_module(model_mod.to_relax(onnx_model, inputs), spec,
+                              conv_layout=conv_layout)
+    mod, _ = tuning_module(prepared, spec, winograd=winograd)
     tasks = ms.relax_integration.extract_tasks(
         model_mod.fuse_for_tuning(mod, tvm_target, layout_rewrite=not spec.is_gpu), tvm_target)
     rows = []
@@ -41,6 +43,7 @@ def inspect_model(path: str | Path, *, target: str = "llvm",
         rows.append({"task": task.task_name, "weight": int(task.weight), "flops": int(flops),
                      "buffers": ", ".join(buffers)})
     return {"model": str(path), "target": spec.kind,
+            "conv_layout": conv_layout_for(conv_layout, gpu=spec.is_gpu),
             "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype}
                        for i in inputs],
             "tasks": rows}

@@ -100,3 +100,23 @@ def test_nan_bound_falls_back_and_means_no_bound():
     model = _model(["lo", "hi"], inits=[_scalar("lo", np.nan), _scalar("hi", 1.0)])
     assert "T_maximum" in to_relax(model, model_inputs(model)).script()
     _assert_like_onnxruntime(model, "NCHW")
+
+
+def test_inspect_tunes_convolutions_in_nhwc_on_a_cpu_by_default(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from simpletvm.cli import app
+
+    path = tmp_path / "relu6.onnx"
+    onnx.save(_model(**RELU6), path)
+    shown = {}
+    for args in ([], ["--conv-layout", "nchw"]):
+        result = CliRunner().invoke(app, ["inspect", str(path), "--json", *args])
+        assert result.exit_code == 0, result.stderr
+        info = json.loads(result.stdout)
+        shown[info["conv_layout"]] = [t["buffers"] for t in info["tasks"]]
+    assert sorted(shown) == ["NCHW", "NHWC"]  # auto is NHWC on llvm
+    assert any("1x6x6x4" in b for b in shown["NHWC"])
+    assert not any("1x6x6x4" in b for b in shown["NCHW"])

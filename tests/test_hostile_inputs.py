@@ -39,6 +39,8 @@ CASES = {
     "bad winograd mode": (["tune", "{tiny}", "--winograd", "8"], "unknown winograd mode"),
     "bad winograd mode, inspect": (["inspect", "{tiny}", "--winograd", "on"],
                                    "unknown winograd mode"),
+    "bad conv layout, inspect": (["inspect", "{tiny}", "--conv-layout", "HWCN"],
+                                 "unknown conv layout"),
     "bad target": (["tune", "{tiny}", "--target", "llvm -mcpu=foo"], "old CLI-string"),
 }
 

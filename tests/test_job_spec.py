@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from simpletvm.errors import UserInputError
-from simpletvm.options import TuningOptions, parse_duration
+from simpletvm.options import (TuningOptions, conv_layout_for, normal_conv_layout,
+                               parse_duration)
 from simpletvm.plan import default_trials, make_plan
 from simpletvm.spec import JobSpec
 from simpletvm.taskalloc import TaskState
@@ -35,6 +36,19 @@ from .tvm_helpers import options_away_from_default
 def test_invalid_options_are_refused_with_their_name(field, value, words):
     with pytest.raises(UserInputError, match=words):
         TuningOptions(**{field: value}).validate()
+
+
+def test_conv_layout_auto_is_nhwc_on_a_cpu_and_nchw_on_a_gpu():
+    assert TuningOptions().conv_layout == "auto"
+    assert conv_layout_for("auto", gpu=False) == "NHWC"
+    assert conv_layout_for("auto", gpu=True) == "NCHW"
+    assert conv_layout_for("NCHW", gpu=False) == "NCHW"
+    assert conv_layout_for("NHWC", gpu=True) == "NHWC"  # what the user asked for
+    assert [normal_conv_layout(v) for v in ("Auto", "nhwc", "nchw")] == ["auto", "NHWC",
+                                                                          "NCHW"]
+    for value in ("AUTO", "nhwc"):  # the options themselves take one spelling
+        with pytest.raises(UserInputError, match="use auto, NCHW, NHWC"):
+            TuningOptions(conv_layout=value).validate()
 
 
 def test_resolved_fills_only_unset_threads():
