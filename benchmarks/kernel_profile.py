@@ -5,7 +5,8 @@ record where it beats the task's default schedule), then times whole inferences 
 through the Relax VM's instrument hook, each call of each kernel. The hook adds a little
 per call, so the kernels' sum is a bit above the whole model's time.
 
-    python benchmarks/kernel_profile.py resnet18.onnx --db tuning.db [--winograd auto] [--conv-layout auto]
+    python benchmarks/kernel_profile.py resnet18.onnx --db tuning.db [--winograd auto] \
+        [--conv-layout auto]
 """
 
 from __future__ import annotations

@@ -7,8 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from simpletvm.errors import UserInputError
-from simpletvm.options import (TuningOptions, conv_layout_for, normal_conv_layout,
-                               parse_duration)
+from simpletvm.options import TuningOptions, conv_layout_for, normal_conv_layout, parse_duration
 from simpletvm.plan import default_trials, make_plan
 from simpletvm.spec import JobSpec
 from simpletvm.taskalloc import TaskState
