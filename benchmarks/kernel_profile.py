@@ -73,11 +73,14 @@ def profile(model_path: str, db_path: str, *, winograd: str, conv_layout: str = 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from simpletvm.options import CONV_LAYOUTS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model")
     parser.add_argument("--db", required=True)
     parser.add_argument("--winograd", default="auto")
-    parser.add_argument("--conv-layout", default="auto", help="as the database was tuned")
+    parser.add_argument("--conv-layout", default="auto", choices=CONV_LAYOUTS,
+                        help="as the database was tuned")
     parser.add_argument("--target", default="llvm")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)

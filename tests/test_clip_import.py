@@ -60,7 +60,8 @@ def _assert_like_onnxruntime(model, layout, feeds=None):
 
 
 def test_relu6_imports_as_relax_operators():
-    text = to_relax(_model(**RELU6), model_inputs(_model(**RELU6))).script()
+    model = _model(**RELU6)
+    text = to_relax(model, model_inputs(model)).script()
     assert "R.maximum" in text and "R.minimum" in text
     assert "T_maximum" not in text and "T_minimum" not in text  # no TE function
 
