@@ -69,12 +69,18 @@ class SimpleTVM:
         self.stage_seconds = result["stage_seconds"]
         return self
 
+    def _untuned_module(self):
+        """The graph the untuned baseline builds: the tuning job's, as ``simpletvm tune``
+        times it (its convolution layout), or the default options' before tuning."""
+        if self.job is not None and self.job.base_mod is not None:
+            return self.job.base_mod
+        return prepare_module(model_mod.to_relax(self.onnx_model, self.inputs), self._spec(),
+                              conv_layout=TuningOptions().conv_layout)
+
     def build(self) -> SimpleTVM:
         """Compile: from the tuning database if tuned, else TVM's untuned default."""
         if self.executable is None:
-            relax_mod = prepare_module(model_mod.to_relax(self.onnx_model, self.inputs),
-                                       self._spec())
-            self.executable = compile_untuned(relax_mod, self._spec())
+            self.executable = compile_untuned(self._untuned_module(), self._spec())
         return self
 
     def benchmark(self, **kwargs) -> SimpleTVM:
@@ -89,8 +95,8 @@ class SimpleTVM:
         """Untuned TVM, tuned TVM (if tuned) and onnxruntime, measured the same way."""
         spec = self._spec()
         feeds = model_mod.random_inputs(self.inputs)
-        relax_mod = prepare_module(model_mod.to_relax(self.onnx_model, self.inputs), spec)
-        untuned = bench.bench_tvm(compile_untuned(relax_mod, spec), spec.device_type, feeds)
+        untuned = bench.bench_tvm(compile_untuned(self._untuned_module(), spec),
+                                  spec.device_type, feeds)
         tuned = (bench.bench_tvm(self.executable, spec.device_type, feeds)
                  if self.job is not None else None)
         ort = bench.bench_onnxruntime(self.onnx_model.SerializeToString(), feeds,

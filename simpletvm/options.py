@@ -96,6 +96,13 @@ class TuningOptions:
     init_min_unmeasured: int = 50
     genetic_num_iters: int = 2
 
+    def __post_init__(self) -> None:
+        # layouts and modes in any case, from every entry point (CLI, TOML, JSON, Python)
+        if isinstance(self.conv_layout, str):
+            object.__setattr__(self, "conv_layout", normal_conv_layout(self.conv_layout))
+        if isinstance(self.winograd, str):
+            object.__setattr__(self, "winograd", self.winograd.lower())
+
     def validate(self) -> TuningOptions:
         """Raise UserInputError naming the first option that breaks the engine's rules."""
         for f in fields(self):

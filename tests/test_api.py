@@ -42,8 +42,16 @@ def test_chain_tuned_and_compare(tiny_model, tmp_path):
     assert pipeline.comparison["tuned_ms"] > 0
     assert pipeline.comparison["untuned_ms"] > 0
     assert pipeline.comparison["onnxruntime_ms"] > 0
+    # the untuned baseline is the graph the job tuned, as `simpletvm tune` times it
+    assert pipeline._untuned_module() is pipeline.job.base_mod
 
 
 def test_export_before_build_is_an_error(tiny_model, tmp_path):
     with pytest.raises(UserInputError, match="nothing to export"):
         SimpleTVM.load(tiny_model).export(tmp_path / "x.so")
+
+
+def test_untuned_baseline_before_tuning_takes_the_default_layout(cnn_model):
+    # on a CPU the default (auto) tunes and times convolutions in NHWC
+    script = SimpleTVM.load(cnn_model).target("llvm")._untuned_module().script()
+    assert 'data_layout="NHWC"' in script

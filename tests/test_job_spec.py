@@ -37,6 +37,17 @@ def test_invalid_options_are_refused_with_their_name(field, value, words):
         TuningOptions(**{field: value}).validate()
 
 
+@pytest.mark.parametrize("written, layout", [("nhwc", "NHWC"), ("Nchw", "NCHW"),
+                                              ("AUTO", "auto"), ("NHWC", "NHWC")])
+def test_conv_layout_and_winograd_in_any_case_from_every_entry_point(written, layout):
+    assert TuningOptions(conv_layout=written).validate().conv_layout == layout
+    spec = JobSpec.from_json({"model": "m.onnx", "options": {"conv_layout": written,
+                                                             "winograd": "OFF"}})
+    assert spec.options.conv_layout == layout
+    assert spec.options.winograd == "off"
+    assert JobSpec.from_json(spec.to_json()) == spec
+
+
 def test_conv_layout_auto_is_nhwc_on_a_cpu_and_nchw_on_a_gpu():
     assert TuningOptions().conv_layout == "auto"
     assert conv_layout_for("auto", gpu=False) == "NHWC"
@@ -45,7 +56,7 @@ def test_conv_layout_auto_is_nhwc_on_a_cpu_and_nchw_on_a_gpu():
     assert conv_layout_for("NHWC", gpu=True) == "NHWC"  # what the user asked for
     assert [normal_conv_layout(v) for v in ("Auto", "nhwc", "nchw")] == ["auto", "NHWC",
                                                                           "NCHW"]
-    for value in ("AUTO", "nhwc"):  # the options themselves take one spelling
+    for value in ("NWHC", "hwc", ""):  # any case, but only a known layout
         with pytest.raises(UserInputError, match="use auto, NCHW, NHWC"):
             TuningOptions(conv_layout=value).validate()
 
