@@ -65,19 +65,23 @@ def _done(out: Path) -> set[tuple[str, str, float, int]]:
 
 
 def run_point(model: str, budget_min: float, repeat: int, work: Path,
-              extra: list[str], trials: int | None = None, target: str = "llvm") -> dict:
+              extra: list[str], trials: int | None = None, target: str = "llvm", *,
+              default_budget: bool = False) -> dict:
     path = work / f"{model}.onnx"
     if not path.exists():
         subprocess.run(["simpletvm", "sample", model, "-o", str(path)], check=True,
                        capture_output=True)
     db = work / f"{model}-{budget_min:g}m-{repeat}.db"
-    budget = ["--trials", str(trials)] if trials is not None else [
-        "--time-budget", f"{budget_min:g}m"]
+    budget = (["--trials", str(trials)] if trials is not None else
+              [] if default_budget else ["--time-budget", f"{budget_min:g}m"])
     cmd = ["simpletvm", "tune", str(path), "--target", target, *budget, "--db", str(db),
            "--seed", str(repeat), "--json", *extra]
     started = time.gmtime()
-    shown = ["simpletvm", "tune", f"{model}.onnx", *cmd[3:7], "--db", "FRESH.db", *cmd[9:]]
+    at = 5 + len(budget)  # where "--db" is
+    shown = ["simpletvm", "tune", f"{model}.onnx", *cmd[3:at], "--db", "FRESH.db",
+             *cmd[at + 2:]]
     return {"model": model, "budget_min": budget_min, "repeat": repeat,
+            **({"default_budget": True} if default_budget else {}),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", started), "revision": _revision(),
             "extra": extra, **run_json(cmd, shown)}
 
@@ -103,7 +107,10 @@ def cmd_run(args) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="quality-"))
     work.mkdir(parents=True, exist_ok=True)
     extra = args.extra.split() if args.extra else []
-    budgets = [0.0] if args.trials is not None else [float(b) for b in args.budgets.split(",")]
+    # "default": neither --trials nor --time-budget, the budget simpletvm sizes itself
+    default = args.budgets == "default"
+    budgets = ([0.0] if args.trials is not None or default
+               else [float(b) for b in args.budgets.split(",")])
     for repeat in range(args.repeats):
         for budget in budgets:
             for model in args.models.split(","):
@@ -111,7 +118,8 @@ def cmd_run(args) -> int:
                     continue
                 print(f"{time.strftime('%H:%M:%S')} {args.label} {model} {budget:g} min "
                       f"repeat {repeat}", flush=True)
-                row = run_point(model, budget, repeat, work, extra, args.trials, args.target)
+                row = run_point(model, budget, repeat, work, extra, args.trials, args.target,
+                                default_budget=default)
                 row["label"] = args.label
                 with out.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
@@ -141,7 +149,7 @@ def cmd_remeasure(args) -> int:
             continue
         work = Path(args.work)
         db = work / f"{row['model']}-{row['budget_min']:g}m-{row['repeat']}.db"
-        if row["budget_min"] == 0 or not db.exists():
+        if (row["budget_min"] == 0 and not row.get("default_budget")) or not db.exists():
             continue
         cmd = ["simpletvm", "tune", str(work / f"{row['model']}.onnx"), "--trials", "0",
                "--db", str(db), "--json", *row.get("extra", [])]  # the run's graph options
@@ -369,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="tune the models at each budget (resumable)")
     run.add_argument("--models", default="cnn,mobilenet_v2,bert_encoder,resnet18")
-    run.add_argument("--budgets", default="5,15,30,60", help="minutes, comma-separated")
+    run.add_argument("--budgets", default="5,15,30,60", help=(
+        "minutes, comma-separated, or 'default': the budget simpletvm sizes from the "
+        "task count"))
     run.add_argument("--repeats", type=int, default=1)
     run.add_argument("--out", default="docs/quality/results.jsonl")
     run.add_argument("--work", default=None, help="where models and databases go")
