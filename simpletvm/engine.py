@@ -704,7 +704,9 @@ class TuningJob:
         self._result = {
             **sla_summary(self.options.sla_ms, self.sla_history, timed["tuned_ms"],
                           self.stop_reason),
-            "model": self.name, "target": self.target.kind, **timed,
+            "model": self.name, "target": self.target.kind,
+            # the resolved target (-mcpu, cores): figures from other machines compare by it
+            "target_config": dict(self.target.config), **timed,
             "trials": sum(t.trials_done for t in self._tasks), "tasks": len(self._tasks),
             "tasks_kept_default": list(self.kept_default), "coverage": dict(self.coverage),
             "winograd_convs": self.winograd_convs,

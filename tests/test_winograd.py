@@ -138,6 +138,9 @@ def test_a_tuned_job_builds_winograd_and_checks_it(tmp_path, fast_options):
     assert result["winograd_convs"] == 1 and result["plan"]["winograd_convs"] == 1
     assert result["output_check"]["ok"]
     assert result["tasks"] == 3 and result["untuned_ms"] > 0
+    assert result["conv_layout"] == "NCHW"
+    assert result["target_config"] == job.target.config  # the resolved target, -mcpu too
+    assert result["target_config"]["kind"] == "llvm" and result["target_config"]["num-cores"]
     # the untuned baseline is TVM's own graph: one direct convolution, not the rewrite
     assert job.base_mod is not job.relax_mod
     off = TuningJob.from_model(path, options=fast_options(trials=4, winograd="off",
