@@ -97,10 +97,16 @@ class SimpleTVM:
         feeds = model_mod.random_inputs(self.inputs)
         untuned = bench.bench_tvm(compile_untuned(self._untuned_module(), spec),
                                   spec.device_type, feeds)
-        tuned = (bench.bench_tvm(self.executable, spec.device_type, feeds)
-                 if self.job is not None else None)
-        ort = bench.bench_onnxruntime(self.onnx_model.SerializeToString(), feeds,
-                                      use_gpu=spec.is_gpu, threads=spec.config.get("num-cores"))
+        model_bytes = self.onnx_model.SerializeToString()
+        threads = spec.config.get("num-cores")
+        if self.job is not None:  # tuned and onnxruntime in alternating rounds
+            tuned, ort = bench.time_against_onnxruntime(
+                self.executable, spec.device_type, feeds, model_bytes, use_gpu=spec.is_gpu,
+                threads=threads)
+        else:
+            tuned = None
+            ort = bench.bench_onnxruntime(model_bytes, feeds, use_gpu=spec.is_gpu,
+                                          threads=threads)
         self.comparison = {
             "untuned_ms": untuned.median_ms,
             "tuned_ms": tuned.median_ms if tuned else None,

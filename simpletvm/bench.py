@@ -35,6 +35,7 @@ class LatencyStats:
     min_ms: float
     samples: int
     stopped: str = ""  # STABLE, TIME_CAP or MAX_SAMPLES
+    rounds: int = 1  # turns, alternating with other models (time_interleaved)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +53,64 @@ def time_callable(fn: Callable[[], object], *, sync: Callable[[], None] | None =
     up to ``warmup`` calls but at least one and stops once it has used a quarter of the
     time allowed. ``clock`` is injectable so tests simulate time instead of sleeping.
     """
+    samples, stopped = _take_samples(
+        fn, sync=sync, warmup=warmup, repeat=repeat, min_sample_ms=min_sample_ms,
+        max_seconds=max_seconds, min_samples=min_samples, rel_precision=rel_precision,
+        confidence=confidence, clock=clock)
+    return _stats(samples, stopped)
+
+
+def time_interleaved(runs: dict[str, tuple[Callable[[], object], Callable[[], None] | None]],
+                     *, rounds: int = 3, max_seconds: float = 10.0,
+                     **kwargs) -> dict[str, LatencyStats]:
+    """Time several callables in alternating rounds; each one's samples are pooled.
+
+    This machine's speed drifts by tens of percent within minutes (a shared host): timed
+    one after the other, two models' ratio took that drift in. Here each callable gets
+    ``rounds`` turns of ``max_seconds / rounds`` (warm-up included), in AB, BA, AB...
+    order, so a drift weighs on all of them alike. The median reported is the median of
+    the rounds' medians: each round weighs the same, however many samples it took (a
+    slower round takes fewer). ``kwargs`` are ``time_callable``'s; a callable stopped by
+    its precision in every round is STABLE.
+    """
+    pooled: dict[str, list[float]] = {name: [] for name in runs}
+    medians: dict[str, list[float]] = {name: [] for name in runs}
+    stops: dict[str, set[str]] = {name: set() for name in runs}
+    order = list(runs)
+    for turn in range(max(1, rounds)):
+        for name in (order if turn % 2 == 0 else order[::-1]):
+            fn, sync = runs[name]
+            samples, stopped = _take_samples(fn, sync=sync,
+                                             max_seconds=max_seconds / max(1, rounds),
+                                             **kwargs)
+            pooled[name].extend(samples)
+            medians[name].append(statistics.median(samples))
+            stops[name].add(stopped)
+    return {name: _stats(pooled[name], STABLE if stops[name] == {STABLE} else
+                         (TIME_CAP if TIME_CAP in stops[name] else MAX_SAMPLES),
+                         rounds=max(1, rounds), median=statistics.median(medians[name]))
+            for name in runs}
+
+
+def _stats(samples: list[float], stopped: str, *, rounds: int = 1,
+           median: float | None = None) -> LatencyStats:
+    return LatencyStats(
+        median_ms=statistics.median(samples) if median is None else median,
+        mean_ms=statistics.fmean(samples),
+        std_ms=statistics.pstdev(samples),
+        min_ms=min(samples),
+        samples=len(samples),
+        stopped=stopped,
+        rounds=rounds,
+    )
+
+
+def _take_samples(fn: Callable[[], object], *, sync: Callable[[], None] | None,
+                  warmup: int = 5, repeat: int | None = None, min_sample_ms: float = 5.0,
+                  max_seconds: float = 10.0, min_samples: int = 3,
+                  rel_precision: float = 0.01, confidence: float = 0.95,
+                  clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], str]:
+    """``time_callable``'s sampling: the samples (ms per call) and why it stopped."""
     sync = sync or (lambda: None)
     most = repeat if repeat is not None else math.inf
     least = max(1, min(min_samples, most))
@@ -89,14 +148,7 @@ def time_callable(fn: Callable[[], object], *, sync: Callable[[], None] | None =
         sample_s = clock() - start
         samples.append(sample_s / number * 1e3)
         bisect.insort(ordered, samples[-1])
-    return LatencyStats(
-        median_ms=statistics.median(samples),
-        mean_ms=statistics.fmean(samples),
-        std_ms=statistics.pstdev(samples),
-        min_ms=ordered[0],
-        samples=len(samples),
-        stopped=stopped,
-    )
+    return samples, stopped
 
 
 def median_rel_halfwidth(ordered: list[float], confidence: float = 0.95) -> float:
@@ -212,6 +264,18 @@ def run_tvm_once(executable_or_module, device_type: str, inputs: dict[str, np.nd
 def bench_onnxruntime(model_bytes: bytes, inputs: dict[str, np.ndarray], *, use_gpu: bool = False,
                       threads: int | None = None, **kwargs) -> LatencyStats | None:
     """onnxruntime's latency on the same inputs, or None if onnxruntime cannot run it."""
+    run = onnxruntime_runner(model_bytes, inputs, use_gpu=use_gpu, threads=threads)
+    if run is None:
+        return None
+    try:
+        return time_callable(run, **kwargs)
+    except Exception:  # noqa: BLE001 - a baseline that fails is reported as missing
+        return None
+
+
+def onnxruntime_runner(model_bytes: bytes, inputs: dict[str, np.ndarray], *,
+                       use_gpu: bool = False, threads: int | None = None):
+    """A zero-argument callable running the model in onnxruntime, or None if it cannot."""
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - a declared dependency
@@ -226,9 +290,37 @@ def bench_onnxruntime(model_bytes: bytes, inputs: dict[str, np.ndarray], *, use_
     try:
         session = ort.InferenceSession(model_bytes, options, providers=providers)
         feed = dict(inputs)
-        return time_callable(lambda: session.run(None, feed), **kwargs)
+        session.run(None, feed)  # a model onnxruntime loads but cannot run fails here
     except Exception:  # noqa: BLE001 - a baseline that fails is reported as missing
         return None
+    return lambda: session.run(None, feed)
+
+
+def time_against_onnxruntime(executable_or_module, device_type: str,
+                             inputs: dict[str, np.ndarray], model_bytes: bytes, *,
+                             use_gpu: bool = False, threads: int | None = None,
+                             rounds: int = 3, **kwargs
+                             ) -> tuple[LatencyStats, LatencyStats | None]:
+    """The TVM module's and onnxruntime's latency on the same inputs.
+
+    On a CPU the two are timed in alternating rounds (``time_interleaved``), so that
+    their ratio, which users read first, does not take in the machine's drift. A GPU
+    module is timed in a fresh process (``bench_tvm``), and onnxruntime after it.
+    """
+    run = (onnxruntime_runner(model_bytes, inputs, use_gpu=use_gpu, threads=threads)
+           if model_bytes else None)
+    if device_type != "cpu" or run is None:
+        tvm_stats = bench_tvm(executable_or_module, device_type, inputs, **kwargs)
+        if run is None:
+            return tvm_stats, None
+        try:
+            return tvm_stats, time_callable(run, **kwargs)
+        except Exception:  # noqa: BLE001 - a baseline that fails is reported as missing
+            return tvm_stats, None
+    tvm_run, sync = tvm_runner(executable_or_module, device_type, inputs)
+    timed = time_interleaved({"tvm": (tvm_run, sync), "onnxruntime": (run, None)},
+                             rounds=rounds, **kwargs)
+    return timed["tvm"], timed["onnxruntime"]
 
 
 if __name__ == "__main__":

@@ -117,3 +117,54 @@ def test_median_interval():
     exact = bench._order_statistic_rank(200, 0.025)
     approx = bench._order_statistic_rank(201, 0.025)
     assert exact - 1 <= approx <= exact
+
+
+def drifting_model(clock: FakeClock, seconds: float, *, slow_after: float, factor: float):
+    """A callable that "takes" ``seconds``, ``factor`` times longer once the clock has
+    passed ``slow_after``: the machine slowed down (a neighbour on the shared host)."""
+    def run():
+        if clock.now > 100:
+            raise RuntimeError("ran past 100 simulated seconds")
+        clock.now += seconds * (factor if clock.now >= slow_after else 1.0)
+
+    return run
+
+
+def test_interleaved_rounds_keep_a_drift_out_of_the_ratio():
+    # the true ratio is 2; the machine gets 1.6 times slower after 6 s
+    clock = FakeClock()
+    a = drifting_model(clock, 0.002, slow_after=6.0, factor=1.6)
+    b = drifting_model(clock, 0.001, slow_after=6.0, factor=1.6)
+    # noise-free fakes would stop at once: a precision nothing reaches makes each turn
+    # last its time; one after the other, the drift lands on b alone
+    seq_a = time_callable(a, clock=clock, max_seconds=6.0, rel_precision=-1.0)
+    seq_b = time_callable(b, clock=clock, max_seconds=6.0, rel_precision=-1.0)
+    assert seq_a.median_ms / seq_b.median_ms == pytest.approx(2 / 1.6, rel=0.01)
+
+    clock.now = 0.0
+    timed = bench.time_interleaved({"a": (a, None), "b": (b, None)}, rounds=4,
+                                   max_seconds=6.0, rel_precision=-1.0, clock=clock)
+    ratio = timed["a"].median_ms / timed["b"].median_ms
+    assert ratio == pytest.approx(2.0, rel=0.01)
+    assert timed["a"].rounds == 4 and timed["a"].stopped == TIME_CAP
+    assert clock.now <= 12.0  # each callable spent at most its max_seconds in all
+
+
+def test_interleaved_rounds_alternate_and_stop_when_stable():
+    clock = FakeClock()
+    order = []
+
+    def model(name, seconds):
+        def run():
+            order.append(name)
+            clock.now += seconds
+        return run
+
+    timed = bench.time_interleaved({"a": (model("a", 0.002), None),
+                                    "b": (model("b", 0.004), None)},
+                                   rounds=3, clock=clock)
+    turns = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+    assert turns == ["a", "b", "a", "b"]  # a b, b a, a b: the order reversed every round
+    assert timed["a"].stopped == STABLE and timed["b"].stopped == STABLE
+    assert timed["a"].median_ms == pytest.approx(2.0) and timed["b"].median_ms == pytest.approx(4.0)
+    assert timed["a"].samples == 3 * 6  # six samples a round: the fewest for an interval

@@ -109,9 +109,14 @@ def test_the_untuned_build_is_exported_when_it_is_faster(tiny_model, tmp_path, f
         ms = 1.0 if executable is compiled.untuned else 2.0
         return LatencyStats(ms, ms, 0.0, ms, 3)
 
+    def fake_pair(executable, device_type, feeds, model_bytes, **kwargs):
+        return fake_bench(executable, device_type, feeds), LatencyStats(0.5, 0.5, 0.0, 0.5, 3)
+
     monkeypatch.setattr(finalize.bench, "bench_tvm", fake_bench)
+    monkeypatch.setattr(finalize.bench, "time_against_onnxruntime", fake_pair)
     job.run_stage()
     result = job.result()
+    assert result["tuned_ms"] == 2.0 and result["untuned_ms"] == 1.0
     assert result["exported"] == "untuned" and result["output_check"]["ok"]
     assert job.executable is compiled.untuned
     assert (tmp_path / "tiny.so").exists()
