@@ -122,9 +122,7 @@ class TuningOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserInputError(f"{_flag(name)} must be positive, got {value}")
-        if self.conv_layout not in CONV_LAYOUTS:
-            raise UserInputError(f"unknown conv layout '{self.conv_layout}'; use "
-                                 + ", ".join(CONV_LAYOUTS))
+        check_conv_layout(self.conv_layout)
         if self.winograd not in WINOGRAD_MODES:
             raise UserInputError(f"unknown winograd mode '{self.winograd}'; use "
                                  + ", ".join(WINOGRAD_MODES))
@@ -153,8 +151,19 @@ def normal_conv_layout(value: str) -> str:
     return value.lower() if value.lower() == "auto" else value.upper()
 
 
+def check_conv_layout(layout: str) -> str:
+    """``layout`` if it is one of CONV_LAYOUTS, else UserInputError saying which are."""
+    if layout not in CONV_LAYOUTS:
+        raise UserInputError(f"unknown conv layout '{layout}'; use " + ", ".join(CONV_LAYOUTS))
+    return layout
+
+
 def conv_layout_for(layout: str, *, gpu: bool) -> str:
-    """The layout convolutions are tuned in on a GPU or CPU target: "NCHW" or "NHWC"."""
+    """The layout convolutions are tuned in on a GPU or CPU target: "NCHW" or "NHWC".
+
+    Any case; an unknown layout is refused (library callers such as
+    ``compile.prepare_module`` are not behind ``TuningOptions.validate``)."""
+    layout = check_conv_layout(normal_conv_layout(layout))
     if layout == "auto":
         return "NCHW" if gpu else "NHWC"
     return layout

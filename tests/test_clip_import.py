@@ -75,6 +75,17 @@ def test_nhwc_passes_through_relu6_without_transposes():
     assert len(moved) == 2, moved
 
 
+def test_prepare_module_takes_any_case_and_refuses_an_unknown_layout():
+    """The library function, not only the entry points: an unknown layout is not NCHW."""
+    from simpletvm.errors import UserInputError
+
+    _, lower = _prepared(_model(**RELU6), "nhwc")
+    _, upper = _prepared(_model(**RELU6), "NHWC")
+    assert lower.script() == upper.script() and "NHWC" in upper.script()
+    with pytest.raises(UserInputError, match="unknown conv layout 'NWHC'"):
+        _prepared(_model(**RELU6), "NWHC")
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("case", [
     RELU6,

@@ -59,6 +59,9 @@ def test_conv_layout_auto_is_nhwc_on_a_cpu_and_nchw_on_a_gpu():
     for value in ("NWHC", "hwc", ""):  # any case, but only a known layout
         with pytest.raises(UserInputError, match="use auto, NCHW, NHWC"):
             TuningOptions(conv_layout=value).validate()
+        with pytest.raises(UserInputError, match="use auto, NCHW, NHWC"):
+            conv_layout_for(value, gpu=False)  # what prepare_module resolves with
+    assert conv_layout_for("nhwc", gpu=True) == "NHWC"
 
 
 def test_resolved_fills_only_unset_threads():
