@@ -122,10 +122,8 @@ class TuningOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserInputError(f"{_flag(name)} must be positive, got {value}")
-        check_conv_layout(self.conv_layout)
-        if self.winograd not in WINOGRAD_MODES:
-            raise UserInputError(f"unknown winograd mode '{self.winograd}'; use "
-                                 + ", ".join(WINOGRAD_MODES))
+        _check_choice("conv layout", self.conv_layout, CONV_LAYOUTS)
+        _check_choice("winograd mode", self.winograd, WINOGRAD_MODES)
         if self.cost_model not in ("xgb", "random"):
             raise UserInputError(f"unknown cost model '{self.cost_model}'; use xgb or random")
         return self
@@ -151,11 +149,11 @@ def normal_conv_layout(value: str) -> str:
     return value.lower() if value.lower() == "auto" else value.upper()
 
 
-def check_conv_layout(layout: str) -> str:
-    """``layout`` if it is one of CONV_LAYOUTS, else UserInputError saying which are."""
-    if layout not in CONV_LAYOUTS:
-        raise UserInputError(f"unknown conv layout '{layout}'; use " + ", ".join(CONV_LAYOUTS))
-    return layout
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else UserInputError saying which are."""
+    if value not in choices:
+        raise UserInputError(f"unknown {what} '{value}'; use " + ", ".join(choices))
+    return value
 
 
 def conv_layout_for(layout: str, *, gpu: bool) -> str:
@@ -163,7 +161,7 @@ def conv_layout_for(layout: str, *, gpu: bool) -> str:
 
     Any case; an unknown layout is refused (library callers such as
     ``compile.prepare_module`` are not behind ``TuningOptions.validate``)."""
-    layout = check_conv_layout(normal_conv_layout(layout))
+    layout = _check_choice("conv layout", normal_conv_layout(layout), CONV_LAYOUTS)
     if layout == "auto":
         return "NCHW" if gpu else "NHWC"
     return layout
