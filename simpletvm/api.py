@@ -11,6 +11,7 @@ from .compile import compile_untuned, export, prepare_module
 from .engine import TuningJob, TuningOptions
 from .errors import UserInputError
 from .targets import TargetSpec, resolve_target
+from .threads import runtime_threads
 
 
 class SimpleTVM:
@@ -98,7 +99,7 @@ class SimpleTVM:
         untuned = bench.bench_tvm(compile_untuned(self._untuned_module(), spec),
                                   spec.device_type, feeds)
         model_bytes = self.onnx_model.SerializeToString()
-        threads = spec.config.get("num-cores")
+        threads = runtime_threads()  # onnxruntime on as many threads as TVM's runtime
         if self.job is not None:  # tuned and onnxruntime in alternating rounds
             tuned, ort = bench.time_against_onnxruntime(
                 self.executable, spec.device_type, feeds, model_bytes, use_gpu=spec.is_gpu,
@@ -112,6 +113,7 @@ class SimpleTVM:
             "tuned_ms": tuned.median_ms if tuned else None,
             "onnxruntime_ms": ort.median_ms if ort else None,
             "speedup": untuned.median_ms / tuned.median_ms if tuned else None,
+            "threads": None if spec.is_gpu else threads,
         }
         return self
 

@@ -21,6 +21,7 @@ from .compile import compile_tuned, compile_untuned, export
 from .model import InputSpec, random_inputs
 from .options import TuningOptions
 from .targets import TargetSpec
+from .threads import runtime_threads
 
 FINAL_STAGES = ("compile", "finalize")  # not tuning: tuning_seconds leaves them out
 
@@ -62,7 +63,7 @@ def time_and_export(compiled: Compiled, *, onnx_model: onnx.ModelProto,
         # tuned and onnxruntime in alternating rounds: their ratio is what users read
         tuned, ort = bench.time_against_onnxruntime(
             compiled.tuned, target.device_type, feeds, onnx_model.SerializeToString(),
-            use_gpu=target.is_gpu, threads=target.config.get("num-cores"))
+            use_gpu=target.is_gpu, threads=runtime_threads())
         untuned = bench.bench_tvm(compiled.untuned, target.device_type, feeds)
     else:
         tuned = bench.bench_tvm(compiled.tuned, target.device_type, feeds)
@@ -87,6 +88,8 @@ def time_and_export(compiled: Compiled, *, onnx_model: onnx.ModelProto,
         "onnxruntime": ort.as_dict() if ort else None,
         "speedup": (untuned.median_ms / tuned.median_ms) if untuned else None,
         "compile_seconds": compiled.seconds,
+        # TVM's runtime and onnxruntime both ran on this many threads (threads.py)
+        "threads": None if target.is_gpu else runtime_threads(),
     }
 
 

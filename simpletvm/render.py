@@ -206,6 +206,7 @@ def result_table(result: dict[str, Any]) -> Table:
             ("tuned / onnxruntime", f"{tuned / ort:.2f}x" if tuned and ort else "-"),
             ("exported build", result.get("exported") or "-"),
             ("output check", check_text(result.get("output_check"))),
+            ("threads (TVM and onnxruntime)", str(result.get("threads") or "-")),
             ("trials", str(result.get("trials", 0))),
             ("tuning s", f"{result.get('tuning_seconds', 0.0):.1f}")]
     if result.get("sla_ms") is not None:

@@ -13,6 +13,7 @@ from simpletvm.compile import compile_untuned
 from simpletvm.engine import TuningJob
 from simpletvm.samples import write_sample
 from simpletvm.stages import StageKind
+from simpletvm.threads import runtime_threads
 
 
 def test_compare_is_normwise_and_catches_a_wrong_output():
@@ -109,7 +110,10 @@ def test_the_untuned_build_is_exported_when_it_is_faster(tiny_model, tmp_path, f
         ms = 1.0 if executable is compiled.untuned else 2.0
         return LatencyStats(ms, ms, 0.0, ms, 3)
 
+    asked = {}
+
     def fake_pair(executable, device_type, feeds, model_bytes, **kwargs):
+        asked.update(kwargs)
         return fake_bench(executable, device_type, feeds), LatencyStats(0.5, 0.5, 0.0, 0.5, 3)
 
     monkeypatch.setattr(finalize.bench, "bench_tvm", fake_bench)
@@ -120,6 +124,8 @@ def test_the_untuned_build_is_exported_when_it_is_faster(tiny_model, tmp_path, f
     assert result["exported"] == "untuned" and result["output_check"]["ok"]
     assert job.executable is compiled.untuned
     assert (tmp_path / "tiny.so").exists()
+    # onnxruntime is timed on as many threads as TVM's runtime uses, and the result says so
+    assert asked["threads"] == result["threads"] == runtime_threads()
 
 
 @pytest.mark.slow
