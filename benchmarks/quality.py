@@ -138,7 +138,7 @@ def cmd_remeasure(args) -> int:
     run's own timings are taken while its tuning just ended, and while whatever else ran.
     """
     out = Path(args.out)
-    quiet_path = out.with_name(out.stem + "-quiet.jsonl")
+    quiet_path = out.with_name(out.stem + args.suffix + ".jsonl")
     done = set()
     if quiet_path.exists():
         for r in map(json.loads, quiet_path.read_text().splitlines()):
@@ -160,7 +160,7 @@ def cmd_remeasure(args) -> int:
         if proc.returncode == 0:
             r = json.loads(proc.stdout)
             quiet.update({k: r.get(k) for k in ("tuned_ms", "untuned_ms", "onnxruntime_ms",
-                                                "exported", "output_check")})
+                                                "exported", "output_check", "threads")})
         print(json.dumps(quiet), flush=True)
         with quiet_path.open("a") as fh:
             fh.write(json.dumps(quiet) + "\n")
@@ -279,7 +279,7 @@ def cmd_report(args) -> int:
 
 
 def _quiet_table(out: Path, rows: list[dict], peak: float, work: Path | None) -> None:
-    quiet_path = out.with_name(out.stem + "-quiet.jsonl")
+    quiet_path = out.with_name(out.stem + args.suffix + ".jsonl")
     if not quiet_path.exists():
         return
     flops = {(r.get("label", ""), r["model"], r["budget_min"], r["repeat"]):
@@ -398,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     remeasure = sub.add_parser("remeasure", help="time each point again from its database")
     remeasure.add_argument("--out", default="docs/quality/results.jsonl")
     remeasure.add_argument("--work", required=True, help="the run's --work folder")
+    remeasure.add_argument("--suffix", default="-quiet",
+                           help="rows go to OUT's name + SUFFIX + .jsonl (default: -quiet)")
     checkpoints = sub.add_parser("checkpoints", help=(
         "rebuild long runs as they stood at earlier minutes, from their databases"))
     checkpoints.add_argument("--out", default="docs/quality/results.jsonl")
