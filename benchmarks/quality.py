@@ -279,7 +279,7 @@ def cmd_report(args) -> int:
 
 
 def _quiet_table(out: Path, rows: list[dict], peak: float, work: Path | None) -> None:
-    quiet_path = out.with_name(out.stem + args.suffix + ".jsonl")
+    quiet_path = out.with_name(out.stem + "-quiet" + ".jsonl")
     if not quiet_path.exists():
         return
     flops = {(r.get("label", ""), r["model"], r["budget_min"], r["repeat"]):
