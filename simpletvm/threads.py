@@ -10,7 +10,7 @@ tuned for an hour ran in 20.0 ms on one thread and 11.9 ms on two.
 So ``import simpletvm`` sets ``TVM_NUM_THREADS`` to the number of physical cores this
 process may run on, unless the user has set it (or ``OMP_NUM_THREADS``, which TVM reads
 next). TVM reads it once, when the first kernel starts its thread pool, and child
-processes (MetaSchedule's runner workers, the RPC server, sched's runners) inherit it.
+processes (MetaSchedule's runner workers, sched's runners) inherit it.
 A process that loads an exported module without importing simpletvm should set
 ``TVM_NUM_THREADS`` itself (docs/simpletvm.md, "Threads").
 """
