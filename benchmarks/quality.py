@@ -180,7 +180,7 @@ def cmd_checkpoints(args) -> int:
     import sqlite3
 
     out = Path(args.out)
-    path = out.with_name(out.stem + "-checkpoints.jsonl")
+    path = out.with_name(out.stem + args.suffix + ".jsonl")
     done = set()
     if path.exists():
         for r in map(json.loads, path.read_text().splitlines()):
@@ -214,7 +214,7 @@ def cmd_checkpoints(args) -> int:
                 r = json.loads(proc.stdout)
                 point.update({k: r.get(k) for k in ("tuned_ms", "untuned_ms",
                                                     "onnxruntime_ms", "exported",
-                                                    "output_check")})
+                                                    "output_check", "threads")})
             print(json.dumps(point), flush=True)
             with path.open("a") as fh:
                 fh.write(json.dumps(point) + "\n")
@@ -302,7 +302,7 @@ def _quiet_table(out: Path, rows: list[dict], peak: float, work: Path | None) ->
 
 
 def _checkpoint_table(out: Path) -> None:
-    path = out.with_name(out.stem + "-checkpoints.jsonl")
+    path = out.with_name(out.stem + "-checkpoints" + ".jsonl")
     if not path.exists():
         return
     print("\nCheckpoints (`quality.py checkpoints`: a long run's database as it stood after "
@@ -405,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints.add_argument("--out", default="docs/quality/results.jsonl")
     checkpoints.add_argument("--work", required=True, help="the run's --work folder")
     checkpoints.add_argument("--at", default="5,15,30", help="minutes, comma-separated")
+    checkpoints.add_argument("--suffix", default="-checkpoints",
+                             help="rows go to OUT's name + SUFFIX + .jsonl (default: -checkpoints)")
     sub.add_parser("peak", help="print this machine's attainable GEMM GFLOPS")
     args = parser.parse_args(argv)
     if args.command == "run":
