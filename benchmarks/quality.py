@@ -279,7 +279,7 @@ def cmd_report(args) -> int:
 
 
 def _quiet_table(out: Path, rows: list[dict], peak: float, work: Path | None) -> None:
-    quiet_path = out.with_name(out.stem + "-quiet" + ".jsonl")
+    quiet_path = out.with_name(out.stem + "-quiet.jsonl")
     if not quiet_path.exists():
         return
     flops = {(r.get("label", ""), r["model"], r["budget_min"], r["repeat"]):
@@ -302,7 +302,7 @@ def _quiet_table(out: Path, rows: list[dict], peak: float, work: Path | None) ->
 
 
 def _checkpoint_table(out: Path) -> None:
-    path = out.with_name(out.stem + "-checkpoints" + ".jsonl")
+    path = out.with_name(out.stem + "-checkpoints.jsonl")
     if not path.exists():
         return
     print("\nCheckpoints (`quality.py checkpoints`: a long run's database as it stood after "
