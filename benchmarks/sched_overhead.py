@@ -6,17 +6,25 @@ by the daemon and its runners while they are idle (every runner waiting for a gr
 cannot come yet).
 
     .venv/bin/python benchmarks/sched_overhead.py [--runners 8 32 64] [--rounds 20]
+        [--db postgresql://USER@HOST/DB]
+
+With ``--db postgresql://...`` the registries are PostgreSQL databases on that server
+instead of SQLite files: each run creates its own database (the user needs CREATEDB)
+and drops it afterwards.
 """
 
 import argparse
+import os
 import pathlib
 import statistics
 import tempfile
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil  # noqa: E402
 
 from tvmsched import api
+from tvmsched.paths import redact
 from tvmsched.registry import Registry
 
 
@@ -40,8 +48,36 @@ def process_tree_cpu(pid):
     return total
 
 
-def throughput(runners, rounds, workdir):
-    db = pathlib.Path(workdir) / f"overhead-{runners}.db"
+class Registries:
+    """Fresh registries: SQLite files in a folder, or databases on a PostgreSQL server."""
+
+    def __init__(self, workdir, server_url=None):
+        self.workdir, self.server_url, self.made = pathlib.Path(workdir), server_url, []
+
+    def new(self, name):
+        if self.server_url is None:
+            return self.workdir / f"{name}.db"
+        import psycopg
+
+        database = f"sched_bench_{name.replace('-', '_')}_{os.getpid()}"
+        with psycopg.connect(self.server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
+            conn.execute(f'CREATE DATABASE "{database}"')
+        self.made.append(database)
+        return urlunsplit(urlsplit(self.server_url)._replace(path=f"/{database}"))
+
+    def drop_all(self):
+        if self.server_url is None:
+            return
+        import psycopg
+
+        with psycopg.connect(self.server_url, autocommit=True) as conn:
+            for database in self.made:
+                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def throughput(runners, rounds, registries):
+    db = registries.new(f"overhead-{runners}")
     # One cpu slot and one device per runner: no queueing, so latency is pure overhead.
     resources = {"cpu": runners, "dev": runners}
     api.start_daemon(db, strategy="interleaved", resources=resources,
@@ -78,10 +114,10 @@ def throughput(runners, rounds, workdir):
     }
 
 
-def idle_cpu(runners, workdir, seconds=10.0):
+def idle_cpu(runners, registries, seconds=10.0):
     """CPU of daemon plus runners while every runner waits (one long sleeping stage holds
     the only cpu slot, so the others poll for a grant that cannot come)."""
-    db = pathlib.Path(workdir) / f"idle-{runners}.db"
+    db = registries.new(f"idle-{runners}")
     pid = api.start_daemon(db, resources={"cpu": 1, "dev": 1},
                            extra=["--max-jobs", str(runners)])  # fmt: skip
     try:
@@ -103,13 +139,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runners", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--db", help="a postgresql:// server URL (default: SQLite files)")
     args = parser.parse_args()
-    print(f"{'runners':>7} {'grants':>7} {'grants/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'start-up s':>10} {'all p50':>8} {'all p99':>8} {'idle cpu % of a core':>21}")
+    if args.db:
+        print(f"backend: PostgreSQL ({redact(args.db)})")
+    print(
+        f"{'runners':>7} {'grants':>7} {'grants/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'start-up s':>10} {'all p50':>8} {'all p99':>8} {'idle cpu % of a core':>21}"
+    )
     with tempfile.TemporaryDirectory(prefix="sched-overhead-") as workdir:
-        for runners in args.runners:
-            row = throughput(runners, args.rounds, workdir)
-            idle = idle_cpu(runners, workdir)
+        registries = Registries(workdir, args.db)
+        try:
+            rows = [(throughput(n, args.rounds, registries), idle_cpu(n, registries))
+                    for n in args.runners]  # fmt: skip
+        finally:
+            registries.drop_all()
+        for row, idle in rows:
             line = f"{row['runners']:>7} {row['grants']:>7} {row['grants_per_s']:>9.0f} "
             line += f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['startup_s']:>10.2f} "
             line += f"{row['all_p50_ms']:>8.2f} {row['all_p99_ms']:>8.2f} {idle:>21.2f}"

@@ -23,7 +23,16 @@ from .devices import check_kind, check_name, device_rpc
 from .jobs import job_spec, mock_spec, split_specs, tvm_spec
 from .limits import MAX_PRIORITY, check_int, check_seconds
 from .models import JobKind, JobRecord, JobState, StageRow, Usage
-from .paths import ensure_private_dir, log_file, pid_file, resolve_db
+from .paths import (
+    Locator,
+    display,
+    ensure_private_dir,
+    is_url,
+    local_base,
+    log_file,
+    pid_file,
+    resolve_db,
+)
 from .pidfile import running_pid
 from .registry import Registry
 from .resources import detect
@@ -47,9 +56,10 @@ class DaemonConflict(DaemonError):
     """The user's mistake, not a fault: a daemon already runs, or none runs to stop."""
 
 
-def _already_running(db: Path, pid: int) -> DaemonConflict:
+def _already_running(db: Locator, pid: int) -> DaemonConflict:
     return DaemonConflict(
-        f"a daemon already runs for {db} (pid {pid}); stop it first with: sched stop --db {db}"
+        f"a daemon already runs for {display(db)} (pid {pid}); stop it first with: "
+        f"sched stop --db {display(db)}"
     )
 
 
@@ -58,13 +68,16 @@ def daemon_pid(db_path: str | os.PathLike[str] | None) -> int | None:
 
 
 def daemon_args(
-    db: Path,
+    db: Locator,
     *,
     strategy: str | None,
     resources: dict[str, int] | list[str] | None,
     extra: list[str] | None = None,
 ) -> list[str]:
-    args = [sys.executable, "-m", f"{__package__}.daemon", "--db", str(db)]
+    # a URL travels in the environment (SCHED_DB), never in the argv that ps shows
+    args = [sys.executable, "-m", f"{__package__}.daemon"] + (
+        [] if is_url(db) else ["--db", str(db)]
+    )
     if strategy is not None:
         args += ["--strategy", get_strategy(strategy).name]
     if resources:
@@ -87,8 +100,9 @@ def start_daemon(
 ) -> int:
     """Start a background daemon (its own session, not our child) and wait until it serves."""
     db = resolve_db(db_path)
-    ensure_private_dir(db.parent)
+    ensure_private_dir(local_base(db).parent)
     args = daemon_args(db, strategy=strategy, resources=resources, extra=extra)
+    env = dict(os.environ, **({"SCHED_DB": db} if is_url(db) else {}))
     registry = Registry(db)
     try:
         registry.check()  # a damaged registry: one line here, not a daemon that dies
@@ -97,7 +111,7 @@ def start_daemon(
             raise _already_running(db, pid)
         launched = subprocess.run(
             [sys.executable, "-c", _LAUNCHER, str(log_file(db)), *args],
-            capture_output=True, text=True, env=dict(os.environ), check=True,
+            capture_output=True, text=True, env=env, check=True,
         )  # fmt: skip
         return _await_ready(registry, int(launched.stdout.strip()), ready_timeout)
     finally:
@@ -138,7 +152,8 @@ def stop_daemon(db_path: str | os.PathLike[str] | None, *, timeout: float = 30) 
     pid = daemon_pid(db)
     if pid is None:
         raise DaemonConflict(
-            f"no sched daemon runs for {db}; start one with: sched start --db {db}"
+            f"no sched daemon runs for {display(db)}; start one with: sched start --db "
+            f"{display(db)}"
         )
     if pid > 0:
         os.kill(pid, signal.SIGTERM)
@@ -146,8 +161,7 @@ def stop_daemon(db_path: str | os.PathLike[str] | None, *, timeout: float = 30) 
     while daemon_pid(db) is not None:
         if time.monotonic() > deadline:
             raise DaemonError(
-                f"the daemon (pid {pid}) did not stop within {timeout:.0f} s; "
-                f"see {log_file(db)}"
+                f"the daemon (pid {pid}) did not stop within {timeout:.0f} s; see {log_file(db)}"
             )
         time.sleep(0.02)
 
@@ -275,9 +289,7 @@ def set_strategy(db_path: str | os.PathLike[str] | None, name: str) -> str:
     return strategy.name
 
 
-def events(
-    db_path: str | os.PathLike[str] | None, *, job_id: int | None = None
-) -> list[StageRow]:
+def events(db_path: str | os.PathLike[str] | None, *, job_id: int | None = None) -> list[StageRow]:
     """Stage runs per resource: job_id, stage, resource, amount, start, end (epoch seconds)."""
     return _with_registry(db_path, lambda r: resource_intervals(r.stage_intervals(job_id=job_id)))
 

@@ -21,7 +21,7 @@ from simpletvm.options import DEFAULT_PER_ROUND, FIXED_DEFAULT_TRIALS
 
 from . import api, render, report
 from .limits import HEARTBEAT_S, MAX_JOB_ID, check_daemon_limits, check_seconds
-from .paths import ensure_private_dir, resolve_db, state_dir
+from .paths import display, ensure_private_dir, resolve_db, state_dir
 from .registry import Registry
 from .registry.health import damaged
 from .render import plain, printable
@@ -37,13 +37,13 @@ console = Console()
 Db = Annotated[
     str | None,
     typer.Option(
-        "--db", help="Registry file (default: $SCHED_DB, else ~/.local/state/sched/sched.db)."
+        "--db",
+        help="Registry: a SQLite file or a postgresql:// URL (default: $SCHED_DB, else "
+        "~/.local/state/sched/sched.db).",
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-JobId = Annotated[
-    int, typer.Argument(help="The job id (see sched jobs).", min=1, max=MAX_JOB_ID)
-]
+JobId = Annotated[int, typer.Argument(help="The job id (see sched jobs).", min=1, max=MAX_JOB_ID)]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -68,6 +68,12 @@ def errors(db: str | None = None) -> Iterator[None]:
         if problem is None:
             raise
         fail(str(problem), 2)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("psycopg"):
+            raise
+        # a PostgreSQL registry that went away mid-command (connecting is a RegistryError)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        fail(f"the registry {display(resolve_db(db))} failed: {reason}; check the server", 2)
     except (api.DaemonError, TimeoutError) as exc:
         fail(str(exc), 1)
 
@@ -125,7 +131,7 @@ def start(
             )[3:]
             raise typer.Exit(daemon_main(args))
         pid = api.start_daemon(db, strategy=strategy, resources=resource, extra=extra)
-    console.print(plain(f"sched daemon started, pid {pid}, db {resolve_db(db)}"))
+    console.print(plain(f"sched daemon started, pid {pid}, db {display(resolve_db(db))}"))
 
 
 @app.command()
@@ -232,8 +238,7 @@ def submit(
     model: Annotated[str | None, typer.Argument(help="ONNX model to tune.")] = None,
     mock: Mock = None,
     target: Annotated[str, typer.Option(help="TVM target, e.g. llvm or cuda.")] = "llvm",
-    trials: Annotated[int, typer.Option(help="Tuning trials (budget).")] = (
-        FIXED_DEFAULT_TRIALS),
+    trials: Annotated[int, typer.Option(help="Tuning trials (budget).")] = (FIXED_DEFAULT_TRIALS),
     per_round: Annotated[int, typer.Option(help="Candidates measured per round.")] = (
         DEFAULT_PER_ROUND
     ),

@@ -26,7 +26,16 @@ from .dispatch import Dispatcher
 from .jobs import kind_of_target, preload, target_kind
 from .limits import HEARTBEAT_S, check_daemon_limits
 from .models import JobKind, Resource, ResourceKind
-from .paths import log_file, pid_file, resolve_db, runner_log, runner_log_dir
+from .paths import (
+    display,
+    is_url,
+    local_base,
+    log_file,
+    pid_file,
+    resolve_db,
+    runner_log,
+    runner_log_dir,
+)
 from .pidfile import PidFile, running_pid
 from .registry import Registry, RegistryError
 from .registry.health import check_file, damaged
@@ -73,9 +82,10 @@ class RegistryLost(RuntimeError):
 
 class Daemon:
     def __init__(self, db_path: str | Path, config: DaemonConfig | None = None) -> None:
-        self.db_path = Path(db_path)
+        self.db = str(db_path) if is_url(str(db_path)) else Path(db_path)  # a file or a URL
+        self.db_path = local_base(self.db)  # the file, or where a URL's local files go
         self.config = config or DaemonConfig()
-        self.registry = Registry(self.db_path, priority=True)
+        self.registry = Registry(self.db, priority=True)
         self.dispatcher = Dispatcher(
             self.registry, suspend=self._suspend_holders, resume=self._resume_holders
         )
@@ -97,11 +107,12 @@ class Daemon:
         if not self.pidfile.acquire():
             pid = running_pid(self.pidfile.path)
             raise AlreadyRunning(
-                f"a daemon already runs for {self.db_path} (pid {pid}); "
-                f"stop it first with: sched stop --db {self.db_path}"
+                f"a daemon already runs for {display(self.db)} (pid {pid}); "
+                f"stop it first with: sched stop --db {display(self.db)}"
             )
-        info = os.stat(self.db_path)
-        self.identity = (info.st_dev, info.st_ino)
+        if self.registry.backend == "sqlite":  # a file that can be removed or replaced
+            info = os.stat(self.db_path)
+            self.identity = (info.st_dev, info.st_ino)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -304,7 +315,7 @@ class Daemon:
                     os.close(write_fd)  # else we would never see EOF when the daemon dies
                     self._become_runner(read_fd, job_id)
                     code = runner.run(
-                        self.db_path,
+                        self.db,
                         job_id,
                         attempt,
                         wake_fd=read_fd,
@@ -570,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     daemon.install_signals()
-    print(f"sched daemon {os.getpid()} serving {db} (log {log_file(db)})", flush=True)
+    print(f"sched daemon {os.getpid()} serving {display(db)} (log {log_file(db)})", flush=True)
     code = daemon.run_forever()
     if daemon.abandoned:  # exit without closing SQLite (see Daemon._abandon)
         sys.stdout.flush()

@@ -1,11 +1,55 @@
-"""Where the registry lives: --db, then $SCHED_DB, then the user's state directory."""
+"""Where the registry lives: --db, then $SCHED_DB, then the user's state directory.
+
+The registry is a SQLite file or a PostgreSQL database (a ``postgresql://`` URL). What a
+scheduler keeps on its own disk (pid file, logs, runners' logs, jobs' working folders)
+sits beside the file, or, for a URL, beside a local *anchor* path named after the
+server and database (``local_base``), so every helper below takes either.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 DB_NAME = "sched.db"
+URL_SCHEMES = ("postgresql://", "postgres://")
+Locator = Path | str  # a registry file, or a postgresql:// URL
+
+
+def is_url(db: object) -> bool:
+    """Is ``db`` a PostgreSQL URL (rather than a file path)?"""
+    return isinstance(db, str) and db.startswith(URL_SCHEMES)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def display(db: Locator) -> str:
+    """How messages name the registry: its path, or its URL without the password."""
+    return redact(db) if is_url(db) else str(db)
+
+
+def local_base(db: Locator) -> Path:
+    """The path the local files hang off: the file itself, or for a URL a name made of
+    its host, port and database in the state directory (it is never created itself)."""
+    if not is_url(db):
+        return Path(db)
+    parts = urlsplit(db)
+    query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+    host = parts.hostname or query.get("host") or "local"
+    port = parts.port or query.get("port")
+    database = parts.path.lstrip("/") or query.get("dbname") or "postgres"
+    name = f"{database}@{host}" + (f"-{port}" if port else "")
+    return state_dir() / "postgresql" / (re.sub(r"[^A-Za-z0-9._@-]+", "_", name) + ".db")
 
 
 def state_dir() -> Path:
@@ -13,48 +57,56 @@ def state_dir() -> Path:
     return Path(base) / "sched"
 
 
-def resolve_db(db: str | os.PathLike[str] | None = None) -> Path:
-    if db:
-        return Path(db).expanduser().resolve()
-    env = os.environ.get("SCHED_DB")
-    if env:
-        return Path(env).expanduser().resolve()
+def resolve_db(db: str | os.PathLike[str] | None = None) -> Locator:
+    """--db, else $SCHED_DB, else the default file: an absolute path, or a URL as given."""
+    for given in (db, os.environ.get("SCHED_DB")):
+        if given:
+            if is_url(str(given)):
+                return str(given)
+            return Path(given).expanduser().resolve()
     return state_dir() / DB_NAME
 
 
 def ensure_private_dir(path: Path) -> None:
     """Create the directory 0700; tighten it when we created it (never chmod a shared dir)."""
     if not path.exists():
-        path.mkdir(parents=True, mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)
+        missing = [path, *(p for p in path.parents if not p.exists())]
+        for folder in reversed(missing):  # each folder we create is 0700, parents too
+            folder.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)
 
 
-def pid_file(db: Path) -> Path:
-    return db.with_name(db.name + ".pid")
+def _beside(db: Locator, suffix: str) -> Path:
+    base = local_base(db)
+    return base.with_name(base.name + suffix)
 
 
-def log_file(db: Path) -> Path:
-    return db.with_name(db.name + ".log")
+def pid_file(db: Locator) -> Path:
+    return _beside(db, ".pid")
 
 
-def runner_log_dir(db: Path) -> Path:
-    return db.with_name(db.name + ".logs")
+def log_file(db: Locator) -> Path:
+    return _beside(db, ".log")
 
 
-def runner_log(db: Path, job_id: int) -> Path:
+def runner_log_dir(db: Locator) -> Path:
+    return _beside(db, ".logs")
+
+
+def runner_log(db: Locator, job_id: int) -> Path:
     return runner_log_dir(db) / f"job-{job_id}.log"
 
 
-def jobs_dir(db: Path) -> Path:
-    return db.with_name(db.name + ".jobs")
+def jobs_dir(db: Locator) -> Path:
+    return _beside(db, ".jobs")
 
 
-def job_dir(db: Path, job_id: int) -> Path:
+def job_dir(db: Locator, job_id: int) -> Path:
     """A TVM job's working directory (its tuning database and exported module)."""
     return jobs_dir(db) / f"job-{job_id}"
 
 
-def private_job_dir(db: Path, job_id: int) -> Path:
+def private_job_dir(db: Locator, job_id: int) -> Path:
     """``job_dir``, created 0700 with its parent (others must not read tuned modules)."""
     work = job_dir(db, job_id)
     for path in (work.parent, work):
@@ -65,6 +117,6 @@ def private_job_dir(db: Path, job_id: int) -> Path:
     return work
 
 
-def used_job_paths(db: Path, job_id: int) -> list[Path]:
+def used_job_paths(db: Locator, job_id: int) -> list[Path]:
     """What a job of this id left on disk: proof that the id was used before."""
     return [p for p in (runner_log(db, job_id), job_dir(db, job_id)) if os.path.lexists(p)]

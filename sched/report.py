@@ -41,7 +41,7 @@ def status(registry: Registry, *, now: float | None = None) -> dict[str, Any]:
     active = [j for j in jobs if not j["state"].terminal]
     finished = [j for j in jobs if j["state"].terminal][-FINISHED_SHOWN:]
     return {
-        "db": str(registry.path),
+        "db": registry.location,
         "daemon": {
             "running": pid is not None,
             "pid": pid,

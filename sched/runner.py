@@ -19,7 +19,7 @@ from simpletvm.remote import DeviceUnavailable
 
 from .jobs import build_job, stage_info
 from .models import Fenced, JobState
-from .paths import jobs_dir
+from .paths import jobs_dir, local_base
 from .registry import Registry
 
 EXIT_OK, EXIT_FAILED, EXIT_FENCED = 0, 1, 3
@@ -116,7 +116,7 @@ def run(
         return EXIT_FENCED
     life = _Life(registry, row, Wakeup(wake_fd), notify_fd, heartbeat)
     try:
-        life.run(build_job(row, db_path=Path(db_path)))
+        life.run(build_job(row, db_path=local_base(db_path)))
         return EXIT_OK
     except Fenced as exc:
         print(f"runner for job {job_id}: fenced: {exc}", flush=True)

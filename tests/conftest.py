@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import faulthandler
+import os
 import sys
+import uuid
 
 import pytest
 
@@ -38,6 +40,46 @@ def fast_options():
         return TuningOptions(**base)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throw-away PostgreSQL server (tests/pg_helpers.py) for the whole run. Without
+    PostgreSQL's binaries or psycopg the PostgreSQL cases are skipped, except under
+    CI=true, where that fails the run."""
+    from .pg_helpers import PgServer, binaries
+
+    bindir = binaries()
+    missing = "PostgreSQL's initdb and pg_ctl" if bindir is None else None
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        missing = "psycopg (the [postgres] extra)"
+    if missing:
+        message = f"{missing} not found: the PostgreSQL cases cannot run"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PgServer(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_registry_db(request, tmp_path, monkeypatch):
+    """Makes fresh registry locators on each backend: ``make(name)`` gives a SQLite file
+    path, or the URL of a new PostgreSQL database (local files under this test's folder)."""
+    if request.param == "sqlite":
+        return lambda name=None: tmp_path / "state" / f"{name or uuid.uuid4().hex[:12]}.db"
+    server = request.getfixturevalue("pg_server")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    return lambda name=None: server.database()
+
+
+@pytest.fixture
+def registry_db(new_registry_db):
+    """One fresh registry locator, on each backend."""
+    return new_registry_db()
 
 
 @pytest.fixture(autouse=True)

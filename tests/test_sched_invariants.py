@@ -115,8 +115,10 @@ STORM_RUNS = 120
 
 
 @pytest.mark.slow
-def test_randomised_storms_with_runners_racing_the_passes_keep_every_invariant(tmp_path):
-    results = [run_storm(seed, tmp_path / f"storm-{seed}.db") for seed in range(STORM_RUNS)]
+def test_randomised_storms_with_runners_racing_the_passes_keep_every_invariant(
+    new_registry_db,
+):
+    results = [run_storm(seed, new_registry_db(f"storm-{seed}")) for seed in range(STORM_RUNS)]
     bad = [(r.seed, r.strategy, r.finished, r.violations[:2]) for r in results if not r.ok]
     assert bad == []
     assert {r.strategy for r in results} == {"interleaved", "predictive"}
@@ -124,10 +126,10 @@ def test_randomised_storms_with_runners_racing_the_passes_keep_every_invariant(t
     assert sum(r.passes for r in results) >= 100 * STORM_RUNS  # ~140 passes a run
 
 
-def test_a_storm_run_is_deterministic_for_its_seed(tmp_path):
+def test_a_storm_run_is_deterministic_for_its_seed(new_registry_db):
     config = StormConfig(jobs=(3, 4))
-    first = run_storm(7, tmp_path / "a.db", config)
-    second = run_storm(7, tmp_path / "b.db", config)
+    first = run_storm(7, new_registry_db("a"), config)
+    second = run_storm(7, new_registry_db("b"), config)
     assert (first.strategy, first.passes, first.stages, first.suspensions) == (
         second.strategy,
         second.passes,

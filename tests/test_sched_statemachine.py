@@ -18,6 +18,7 @@ from hypothesis.stateful import (  # noqa: E402
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 from tvmsched.dispatch import Dispatcher
@@ -34,10 +35,13 @@ RETRY_LIMIT = 2
 
 
 class SchedulerMachine(RuleBasedStateMachine):
+    make_db = None  # a test's registry factory (conftest's new_registry_db); else a file
+
     def __init__(self):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="sched-sm-")
-        self.registry = Registry(pathlib.Path(self.dir) / "sm.db")
+        make_db = type(self).make_db
+        self.registry = Registry(make_db() if make_db else pathlib.Path(self.dir) / "sm.db")
         self.registry.replace_resources(RESOURCES)
         self.dispatcher = Dispatcher(self.registry)
         self.now = 0.0
@@ -187,10 +191,18 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert all(e <= self.max_epoch for e in epochs)
 
 
-SchedulerMachine.TestCase.settings = settings(
+SETTINGS = settings(
     max_examples=40,
     stateful_step_count=40,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-TestScheduler = SchedulerMachine.TestCase
+
+
+def test_scheduler_state_machine(new_registry_db):
+    """The machine on each backend, a fresh registry per example."""
+
+    class Machine(SchedulerMachine):
+        make_db = staticmethod(new_registry_db)
+
+    run_state_machine_as_test(Machine, settings=SETTINGS)

@@ -1,4 +1,5 @@
-"""A contention storm: 32 runner processes and 2 racing dispatchers on one SQLite file."""
+"""A contention storm: 32 runner processes and 2 racing dispatchers on one registry, on
+each backend (a SQLite file, a PostgreSQL database)."""
 
 import os
 import subprocess
@@ -41,8 +42,8 @@ while not os.path.exists(stop):
 
 
 @pytest.mark.slow
-def test_storm_of_32_processes_has_no_lock_errors_and_no_double_grant(tmp_path):
-    db = tmp_path / "storm.db"
+def test_storm_of_32_processes_has_no_lock_errors_and_no_double_grant(tmp_path, registry_db):
+    db = registry_db
     registry = Registry(db)
     resources = [
         Resource("cpu", ResourceKind.CPU, 2, False),

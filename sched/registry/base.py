@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
-
-from simpletvm import sqlite
 
 from ..models import (
     EventKind,
@@ -22,14 +17,12 @@ from ..models import (
     Resource,
     ResourceKind,
 )
-from .health import RegistryError, check_file, damaged
-from .schema import MIGRATIONS
+from ..paths import is_url
+from .postgres import PostgresStore
+from .sqlite_store import SQLiteStore
 
 BUSY_TIMEOUT_S = 60.0
-# (pid, file) -> this process's open connections to it: while there is one, the file's
-# header is not read (closing that descriptor would drop the connection's locks)
-_OPEN_HERE: dict[tuple[int, str], int] = {}
-_OPENING = threading.Lock()
+Connection = Any  # a sqlite3.Connection or a postgres.PgConnection: the same calls
 _JOB_COLUMNS = (
     "id, name, kind, spec, priority, device_kind, state, submitted_at, started_at, "
     "finished_at, stage, wait_reason, progress, best_latency_ms, result, error, retries, "
@@ -41,7 +34,14 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _job_dict(row: sqlite3.Row) -> JobRecord:
+def open_store(db: str | os.PathLike[str], *, timeout: float) -> SQLiteStore | PostgresStore:
+    """The backend for ``db``: a ``postgresql://`` URL, else a SQLite file path."""
+    if is_url(str(db)) and not isinstance(db, Path):
+        return PostgresStore(str(db), timeout=timeout)
+    return SQLiteStore(Path(db), timeout=timeout)
+
+
+def _job_dict(row: Any) -> JobRecord:
     job: Any = dict(row)
     for key in ("spec", "progress", "result"):
         job[key] = json.loads(job[key]) if job[key] else ({} if key != "result" else None)
@@ -51,66 +51,38 @@ def _job_dict(row: sqlite3.Row) -> JobRecord:
 
 
 class RegistryBase:
-    """One SQLite file; a connection per process and thread, never reused across fork."""
+    """One registry (a SQLite file or a PostgreSQL database, see ``open_store``); a
+    connection per process and thread, never reused across fork."""
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        db: str | os.PathLike[str],
         *,
         timeout: float = BUSY_TIMEOUT_S,
         priority: bool = False,
     ) -> None:
-        self.path = Path(path)
+        self.store = open_store(db, timeout=timeout)
+        self.path: Path = self.store.path  # the file, or where a URL's local files go
+        self.location = self.store.location  # how messages name it (no password)
         self.timeout = timeout
         self.priority = priority  # the daemon's: its writes skip the writers' gate
-        self._migrated: int | None = None  # the pid that has checked the migrations
         self._local = threading.local()
-        self._local.conn = self._local.lock_fd = None
+        self._local.conn = None
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.store.kind
 
     # -- connection and transactions -------------------------------------------------
     @property
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> Any:
         """This process's and thread's connection; a forked child never reuses its parent's."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid() or local.conn is None:
-            local.conn = self._connect()
+            local.conn = self.store.connect()
             local.pid = os.getpid()
         return local.conn
-
-    def _connect(self) -> sqlite3.Connection:
-        """A new connection, once the file is checked (``health.check_file``); a SQLite
-        error that means the file is damaged becomes a ``RegistryError``."""
-        key = (os.getpid(), str(self.path))
-        with _OPENING:
-            check_file(self.path, header=not _OPEN_HERE.get(key))
-            try:
-                conn = self._open()
-            except sqlite3.DatabaseError as exc:
-                problem = damaged(self.path, exc)
-                if problem is None:
-                    raise
-                raise problem from exc
-            _OPEN_HERE[key] = _OPEN_HERE.get(key, 0) + 1
-        return conn
-
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite.connect(self.path, timeout=self.timeout, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        if self._migrated != os.getpid():  # once per process: WAL mode persists in the file
-            self._check_ours(conn)
-            sqlite.use_wal(conn)
-            sqlite.migrate(conn, MIGRATIONS, transaction=lambda: self._write(conn))
-            self._migrated = os.getpid()
-        return conn
-
-    def _check_ours(self, conn: sqlite3.Connection) -> None:
-        """Refuse another program's SQLite file rather than add sched's tables to it."""
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables - {"sqlite_sequence"} and "jobs" not in tables:
-            raise RegistryError(
-                f"{self.path} is a SQLite database but not a sched registry (it has no jobs "
-                f"table); give sched's registry with --db or SCHED_DB"
-            )
 
     def check(self) -> None:
         """Open the registry now: a ``RegistryError`` if it cannot be used."""
@@ -118,83 +90,26 @@ class RegistryBase:
 
     def close(self) -> None:
         local = self._local
-        if getattr(local, "pid", None) == os.getpid():
-            if getattr(local, "conn", None) is not None:
-                local.conn.close()
-                key = (os.getpid(), str(self.path))
-                with _OPENING:
-                    _OPEN_HERE[key] = max(0, _OPEN_HERE.get(key, 0) - 1)
-            for fd in getattr(local, "lock_fd", None) or ():
-                os.close(fd)
+        if getattr(local, "pid", None) == os.getpid() and getattr(local, "conn", None):
+            self.store.disconnect(local.conn)
+        self.store.close_locks()
         local.conn = None
-        local.lock_fd = None
 
     def _lock_fds(self) -> tuple[int, int]:
-        """This process's and thread's descriptors of the gate and write-lock files."""
-        local = self._local
-        if getattr(local, "lock_pid", None) != os.getpid() or local.lock_fd is None:
-            local.lock_fd = (self._open_lock("-gate"), self._open_lock("-writelock"))
-            local.lock_pid = os.getpid()
-        return local.lock_fd
-
-    def _open_lock(self, suffix: str) -> int:
-        path = self.path.with_name(self.path.name + suffix)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """This thread's flock descriptors (SQLite only)."""
+        return self.store.lock_fds()
 
     def _gate_ready(self, timeout: float) -> bool:
         """Take the writers' gate within ``timeout`` seconds (the next ``_write(gate=True)``
         of this thread keeps and then releases it); False if it stayed held."""
-        gate_fd, _ = self._lock_fds()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(gate_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.001)
+        return self.store.gate_ready(timeout, self.conn)
 
-    @contextmanager
-    def _write(
-        self, conn: sqlite3.Connection | None = None, *, gate: bool = False
-    ) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``), queued on a ``flock`` first.
-
-        SQLite's busy handler polls a held lock by sleeping 1, 2, 5, 10 ... 100 ms, so with
-        64 runners a write often waited tens of milliseconds for a lock freed long before.
-        Writers queue on an exclusive ``flock`` instead, which the kernel hands over the
-        moment it is released (and releases when a holder dies). The busy timeout stays as
-        the fallback for any writer outside this class.
-
-        A registry opened with ``priority=True`` (the daemon's) goes straight to the write
-        lock; every other writer first passes a gate that admits one at a time. So the
-        daemon's grants wait behind at most one runner's write, not behind all of them.
-
-        ``gate=True`` makes even the daemon pass the gate: it must hold both locks when it
-        suspends runners, so that none is stopped while holding one.
-
-        Each thread has its own descriptors, and a forked child opens its own: a
-        ``flock`` belongs to the open file, so an inherited one would share the parent's.
-        """
-        conn = conn or self.conn
-        gate_fd, lock = self._lock_fds()
-        use_gate = gate or not self.priority
-        if use_gate:
-            fcntl.flock(gate_fd, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                with sqlite.immediate(conn):
-                    yield conn
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-        finally:
-            if use_gate:
-                fcntl.flock(gate_fd, fcntl.LOCK_UN)
+    def _write(self, conn: Any = None, *, gate: bool = False) -> AbstractContextManager[Any]:
+        """One write transaction: the store's (``SQLiteStore.write``, ``PostgresStore.write``)."""
+        return self.store.write(conn or self.conn, gate=gate, priority=self.priority)
 
     def migrations(self) -> list[str]:
-        return sqlite.applied_migrations(self.conn)
+        return self.store.applied_migrations(self.conn)
 
     @staticmethod
     def _event(

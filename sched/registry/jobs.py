@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ from ..models import (
     RequestState,
 )
 from ..paths import jobs_dir, runner_log_dir, used_job_paths
-from .base import _JOB_COLUMNS, RegistryBase, _dumps, _job_dict
+from .base import _JOB_COLUMNS, Connection, RegistryBase, _dumps, _job_dict
 from .health import RegistryError
 
 _WAITING = "waiting for the daemon to start a runner"
@@ -73,7 +72,7 @@ class JobsMixin(RegistryBase):
                 children.append(child)
         return parent, children
 
-    def _insert_job(self, conn: sqlite3.Connection, values: tuple) -> int:
+    def _insert_job(self, conn: Connection, values: tuple) -> int:
         """Insert a queued job (name, kind, spec, priority, device_kind, submitted_at,
         wait_reason, parent_id); its id. An id whose log or working directory is on disk
         was used before: the registry has lost jobs, and the new job would take over
@@ -89,7 +88,7 @@ class JobsMixin(RegistryBase):
         if used:
             raise RegistryError(
                 f"job id {job_id} was used before ({used[0]} exists) but the registry "
-                f"{self.path} has no record of it, so it has lost jobs (a damaged -wal file, "
+                f"{self.location} has no record of it, so it has lost jobs (a damaged -wal file, "
                 f"or an older copy restored); restore it from a backup, or move "
                 f"{runner_log_dir(self.path).name} and {jobs_dir(self.path).name} aside"
             )
@@ -123,7 +122,7 @@ class JobsMixin(RegistryBase):
                 self._cancel_one(conn, child, now)
             return self._cancel_one(conn, job_id, now)
 
-    def _cancel_one(self, conn: sqlite3.Connection, job_id: int, now: float) -> JobState:
+    def _cancel_one(self, conn: Connection, job_id: int, now: float) -> JobState:
         row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise KeyError(f"no such job: {job_id}")
@@ -249,7 +248,7 @@ class JobsMixin(RegistryBase):
                 self._event(conn, now, event, job_id, detail={"error": error})
             return new
 
-    def _reclaim(self, conn: sqlite3.Connection, job_id: int, reason: str, now: float) -> None:
+    def _reclaim(self, conn: Connection, job_id: int, reason: str, now: float) -> None:
         leases = conn.execute(
             "UPDATE leases SET state = ?, released_at = ? WHERE job_id = ? AND state = ?"
             " RETURNING epoch, kind, resources",

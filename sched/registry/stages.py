@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +15,7 @@ from ..models import (
     Pending,
     RequestState,
 )
-from .base import RegistryBase, _dumps
+from .base import Connection, RegistryBase, _dumps
 
 GATE_WAIT_S = 2.0  # how long a grant that suspends stages waits for the writers' gate
 # Is the suspender of lease ``l`` (the measurement's request) still holding an active
@@ -274,11 +273,12 @@ class StagesMixin(RegistryBase):
             now = time.time() if now is None else now  # stamped under the write lock
             marks = ",".join("?" * len(epochs))
             rows = conn.execute(
-                "UPDATE leases SET paused_s = paused_s + MAX(0, ? - suspended_at),"
+                "UPDATE leases SET paused_s = paused_s"
+                " + CASE WHEN suspended_at < ? THEN ? - suspended_at ELSE 0 END,"
                 " suspended_for = NULL, suspended_at = NULL, heartbeat_at = ?"
                 f" WHERE epoch IN ({marks}) AND state = 'active' AND suspended_for IS NOT NULL"
                 " RETURNING epoch, job_id, kind, resources",
-                [now, now, *epochs],
+                [now, now, now, *epochs],
             ).fetchall()
             for epoch, job_id, kind, resources in rows:
                 conn.execute("UPDATE jobs SET wait_reason = NULL WHERE id = ?", (job_id,))
@@ -344,7 +344,7 @@ class StagesMixin(RegistryBase):
             )
 
     def _release_done(
-        self, conn: sqlite3.Connection, epoch: int, started_at: float | None, now: float
+        self, conn: Connection, epoch: int, started_at: float | None, now: float
     ) -> tuple[int, str, dict[str, int], float]:
         """Release an active lease whose stage ran (Fenced if it is not active) and mark
         its request done; returns its job, stage kind, resources and seconds paused."""
@@ -376,7 +376,7 @@ class StagesMixin(RegistryBase):
         return job_id, kind, resources, paused
 
     def _record_stage(
-        self, conn: sqlite3.Connection, job_id: int, kind: str, epoch: int,
+        self, conn: Connection, job_id: int, kind: str, epoch: int,
         resources: dict[str, int], seconds: float, progress: dict[str, Any], now: float,
     ) -> None:  # fmt: skip
         """The job's progress and stage count, the stage's seconds (for ``predictive``),
@@ -389,8 +389,8 @@ class StagesMixin(RegistryBase):
         )
         conn.execute(
             "INSERT INTO stage_stats (job_id, kind, count, seconds) VALUES (?, ?, 1, ?)"
-            " ON CONFLICT(job_id, kind) DO UPDATE SET count = count + 1,"
-            " seconds = seconds + excluded.seconds",
+            " ON CONFLICT(job_id, kind) DO UPDATE SET count = stage_stats.count + 1,"
+            " seconds = stage_stats.seconds + excluded.seconds",
             (job_id, kind, seconds),
         )
         self._event(conn, now, EventKind.END, job_id, kind, epoch, resources, {"seconds": seconds})
