@@ -23,6 +23,7 @@ extra) is imported only then. What differs from SQLite, and how it is kept equiv
 from __future__ import annotations
 
 import os
+import random
 import re
 import threading
 import time
@@ -39,7 +40,8 @@ from .schema import MIGRATIONS
 # advisory lock keys (per database): the writers' gate and the write lock
 GATE_KEY = 0x5C4ED_0001
 WRITE_KEY = 0x5C4ED_0002
-GATE_POLL_S = 0.0005
+GATE_POLL_S = 0.0005  # a runner's first wait for the gate; it doubles up to the max
+GATE_POLL_MAX_S = 0.008
 CONNECT_TIMEOUT_S = 10
 
 
@@ -148,6 +150,9 @@ class PostgresStore:
             ) from None
         conn = PgConnection(raw)
         conn.execute(f"SET lock_timeout = {int(self.timeout * 1000)}")
+        # SQLite's synchronous=NORMAL in WAL mode: a commit does not wait for its WAL
+        # flush, so a crash of the server may lose the last commits (never corrupt)
+        conn.execute("SET synchronous_commit = off")
         if self._migrated != os.getpid():
             self._check_ours(conn)
             self._migrate(conn)
@@ -222,10 +227,12 @@ class PostgresStore:
         conn.execute("BEGIN")
         try:
             if (gate or not priority) and not held:
+                wait = GATE_POLL_S
                 while not conn.execute(
                     "SELECT pg_try_advisory_xact_lock(?)", (GATE_KEY,)
                 ).fetchone()[0]:
-                    time.sleep(GATE_POLL_S)
+                    time.sleep(wait * (0.5 + random.random()))
+                    wait = min(GATE_POLL_MAX_S, wait * 2)
             conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_KEY,))
             yield conn
         except BaseException:
