@@ -1,6 +1,8 @@
-"""The SQLite registry: jobs, resources, stage requests, leases and the event log.
+"""The registry: jobs, resources, stage requests, leases and the event log.
 
-This package owns every SQL statement of ``sched``.  Rules it keeps:
+A SQLite file by default, or a PostgreSQL database for a ``postgresql://`` URL
+(``postgres.py``): the same statements on both. This package owns every SQL statement
+of ``sched``.  Rules it keeps (on PostgreSQL, advisory locks stand for the flocks):
 - WAL mode, a busy timeout, and ``BEGIN IMMEDIATE`` for every write, so a writer waits
   for the lock up front instead of failing with "database is locked" on upgrade;
 - one connection per (process, thread), opened lazily, never reused across ``fork``;
@@ -21,4 +23,4 @@ __all__ = ["BUSY_TIMEOUT_S", "MIGRATIONS", "Registry", "RegistryError"]
 
 
 class Registry(JobsMixin, StagesMixin, DevicesMixin, RegistryBase):
-    """All persistent state of one scheduler, in one SQLite file."""
+    """All persistent state of one scheduler: one SQLite file or PostgreSQL database."""
