@@ -161,7 +161,8 @@ def stop_daemon(db_path: str | os.PathLike[str] | None, *, timeout: float = 30) 
     while daemon_pid(db) is not None:
         if time.monotonic() > deadline:
             raise DaemonError(
-                f"the daemon (pid {pid}) did not stop within {timeout:.0f} s; see {log_file(db)}"
+                f"the daemon (pid {pid}) did not stop within {timeout:.0f} s; "
+                f"see {log_file(db)}"
             )
         time.sleep(0.02)
 
@@ -289,7 +290,9 @@ def set_strategy(db_path: str | os.PathLike[str] | None, name: str) -> str:
     return strategy.name
 
 
-def events(db_path: str | os.PathLike[str] | None, *, job_id: int | None = None) -> list[StageRow]:
+def events(
+    db_path: str | os.PathLike[str] | None, *, job_id: int | None = None
+) -> list[StageRow]:
     """Stage runs per resource: job_id, stage, resource, amount, start, end (epoch seconds)."""
     return _with_registry(db_path, lambda r: resource_intervals(r.stage_intervals(job_id=job_id)))
 

@@ -24,6 +24,7 @@ from .limits import HEARTBEAT_S, MAX_JOB_ID, check_daemon_limits, check_seconds
 from .paths import display, ensure_private_dir, resolve_db, state_dir
 from .registry import Registry
 from .registry.health import damaged
+from .registry.postgres import reason
 from .render import plain, printable
 
 app = typer.Typer(
@@ -43,7 +44,9 @@ Db = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-JobId = Annotated[int, typer.Argument(help="The job id (see sched jobs).", min=1, max=MAX_JOB_ID)]
+JobId = Annotated[
+    int, typer.Argument(help="The job id (see sched jobs).", min=1, max=MAX_JOB_ID)
+]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -68,14 +71,13 @@ def errors(db: str | None = None) -> Iterator[None]:
         if problem is None:
             raise
         fail(str(problem), 2)
+    except (api.DaemonError, TimeoutError) as exc:
+        fail(str(exc), 1)
     except Exception as exc:
         if not type(exc).__module__.startswith("psycopg"):
             raise
         # a PostgreSQL registry that went away mid-command (connecting is a RegistryError)
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        fail(f"the registry {display(resolve_db(db))} failed: {reason}; check the server", 2)
-    except (api.DaemonError, TimeoutError) as exc:
-        fail(str(exc), 1)
+        fail(f"the registry {display(resolve_db(db))} failed: {reason(exc)}; check the server", 2)
 
 
 def emit(data: Any) -> None:
@@ -238,7 +240,8 @@ def submit(
     model: Annotated[str | None, typer.Argument(help="ONNX model to tune.")] = None,
     mock: Mock = None,
     target: Annotated[str, typer.Option(help="TVM target, e.g. llvm or cuda.")] = "llvm",
-    trials: Annotated[int, typer.Option(help="Tuning trials (budget).")] = (FIXED_DEFAULT_TRIALS),
+    trials: Annotated[int, typer.Option(help="Tuning trials (budget).")] = (
+        FIXED_DEFAULT_TRIALS),
     per_round: Annotated[int, typer.Option(help="Candidates measured per round.")] = (
         DEFAULT_PER_ROUND
     ),

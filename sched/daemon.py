@@ -28,8 +28,8 @@ from .limits import HEARTBEAT_S, check_daemon_limits
 from .models import JobKind, Resource, ResourceKind
 from .paths import (
     display,
-    is_url,
     local_base,
+    locator,
     log_file,
     pid_file,
     resolve_db,
@@ -82,7 +82,7 @@ class RegistryLost(RuntimeError):
 
 class Daemon:
     def __init__(self, db_path: str | Path, config: DaemonConfig | None = None) -> None:
-        self.db = str(db_path) if is_url(str(db_path)) else Path(db_path)  # a file or a URL
+        self.db = locator(db_path)  # a file or a URL
         self.db_path = local_base(self.db)  # the file, or where a URL's local files go
         self.config = config or DaemonConfig()
         self.registry = Registry(self.db, priority=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit, urlunsplit
 
 DB_NAME = "sched.db"
 URL_SCHEMES = ("postgresql://", "postgres://")
@@ -23,9 +23,27 @@ def is_url(db: object) -> bool:
     return isinstance(db, str) and db.startswith(URL_SCHEMES)
 
 
+def locator(db: str | os.PathLike[str]) -> Locator:
+    """``db`` as the registry's locator: a URL stays a string, anything else is a path."""
+    return str(db) if is_url(str(db)) and not isinstance(db, Path) else Path(db)
+
+
+def _split(url: str) -> SplitResult:
+    """The URL's parts; a malformed one (a port that is not a number) is a ValueError
+    that says what to give."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise ValueError(
+            f"the registry URL is malformed ({exc}); give postgresql://USER@HOST[:PORT]/DATABASE"
+        ) from None
+    return parts
+
+
 def redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.password is None:
         return url
     host = parts.hostname or ""
@@ -43,8 +61,8 @@ def local_base(db: Locator) -> Path:
     its host, port and database in the state directory (it is never created itself)."""
     if not is_url(db):
         return Path(db)
-    parts = urlsplit(db)
-    query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+    parts = _split(db)
+    query = dict(parse_qsl(parts.query))
     host = parts.hostname or query.get("host") or "local"
     port = parts.port or query.get("port")
     database = parts.path.lstrip("/") or query.get("dbname") or "postgres"

@@ -4,6 +4,7 @@ import pytest
 
 from tvmsched.invariants import Rule, check_events, check_registry
 from tvmsched.models import Resource, ResourceKind
+from tvmsched.paths import is_url
 from tvmsched.registry import Registry
 from tvmsched.simulate import EVALUATION_MIX, simulate
 from tvmsched.storm import StormConfig, run_storm
@@ -122,7 +123,7 @@ def test_randomised_storms_with_runners_racing_the_passes_keep_every_invariant(
     new_registry_db,
 ):
     first = new_registry_db()
-    runs = STORM_RUNS["postgresql" if str(first).startswith("postgresql") else "sqlite"]
+    runs = STORM_RUNS["postgresql" if is_url(first) else "sqlite"]
     dbs = [first] + [new_registry_db(f"storm-{seed}") for seed in range(1, runs)]
     results = [run_storm(seed, db) for seed, db in enumerate(dbs)]
     bad = [(r.seed, r.strategy, r.finished, r.violations[:2]) for r in results if not r.ok]

@@ -174,3 +174,34 @@ def test_the_daemon_serves_mock_jobs_from_postgresql(pg_server, tmp_path, monkey
         assert {j["state"] for j in jobs} == {"done"}
     finally:
         sched("stop")
+
+
+def test_the_cli_maps_a_lost_server_to_2_and_keeps_daemon_faults_at_1():
+    """The clause for psycopg's errors must not swallow the ones after it."""
+    import psycopg
+    import typer
+
+    from tvmsched import api, cli
+
+    for exc, code in [
+        (psycopg.OperationalError("server closed the connection unexpectedly"), 2),
+        (api.DaemonError("the daemon exited at start-up"), 1),
+        (TimeoutError("jobs still running"), 1),
+    ]:
+        with pytest.raises(typer.Exit) as info, cli.errors(None):
+            raise exc
+        assert info.value.exit_code == code, exc
+    with pytest.raises(RuntimeError), cli.errors(None):
+        raise RuntimeError("a fault of ours: main() reports it with the log")
+
+
+def test_a_malformed_url_is_one_line_and_exit_2():
+    url = "postgresql://sched@db-host:notaport/reg"
+    with pytest.raises(ValueError, match="malformed.*postgresql://USER@HOST"):
+        Registry(url)
+    done = subprocess.run(
+        [sys.executable, "-m", "tvmsched.cli", "jobs", "--db", url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "malformed" in done.stderr and "Traceback" not in done.stderr

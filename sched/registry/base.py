@@ -17,7 +17,7 @@ from ..models import (
     Resource,
     ResourceKind,
 )
-from ..paths import is_url
+from ..paths import locator
 from .postgres import PostgresStore
 from .sqlite_store import SQLiteStore
 
@@ -36,9 +36,10 @@ def _dumps(value: Any) -> str:
 
 def open_store(db: str | os.PathLike[str], *, timeout: float) -> SQLiteStore | PostgresStore:
     """The backend for ``db``: a ``postgresql://`` URL, else a SQLite file path."""
-    if is_url(str(db)) and not isinstance(db, Path):
-        return PostgresStore(str(db), timeout=timeout)
-    return SQLiteStore(Path(db), timeout=timeout)
+    db = locator(db)
+    if isinstance(db, str):
+        return PostgresStore(db, timeout=timeout)
+    return SQLiteStore(db, timeout=timeout)
 
 
 def _job_dict(row: Any) -> JobRecord:

@@ -56,6 +56,12 @@ def _psycopg():
     return psycopg
 
 
+def reason(exc: BaseException) -> str:
+    """A psycopg error in one line: libpq's last line says what went wrong."""
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
 @lru_cache(maxsize=512)
 def translate(sql: str) -> str:
     """A statement written for sqlite3 (``?`` placeholders) in psycopg's style."""
@@ -142,9 +148,8 @@ class PostgresStore:
                 application_name=f"sched-{os.getpid()}",
             )
         except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise RegistryError(
-                f"cannot connect to the registry {self.location}: {reason}; check that the "
+                f"cannot connect to the registry {self.location}: {reason(exc)}; check that the "
                 f"server runs and the URL is right (a password belongs in ~/.pgpass or "
                 f"PGPASSFILE, not in the URL)"
             ) from None
@@ -207,7 +212,7 @@ class PostgresStore:
     def close_locks(self) -> None:
         self._local.gate_held = False  # session locks end with the connection
 
-    def gate_ready(self, timeout: float, conn: PgConnection | None = None) -> bool:
+    def gate_ready(self, timeout: float, conn: PgConnection) -> bool:
         """Take the writers' gate (a session-level advisory lock) within ``timeout``
         seconds; the next ``write(gate=True)`` of this thread releases it."""
         deadline = time.monotonic() + timeout

@@ -103,7 +103,7 @@ class SQLiteStore:
         path = self.path.with_name(self.path.name + suffix)
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
-    def gate_ready(self, timeout: float, conn: sqlite3.Connection | None = None) -> bool:
+    def gate_ready(self, timeout: float, conn: sqlite3.Connection) -> bool:
         """Take the writers' gate within ``timeout`` seconds (the next ``write(gate=True)``
         of this thread keeps and then releases it); False if it stayed held."""
         gate_fd, _ = self.lock_fds()
