@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psutil  # noqa: E402
 
 from tvmsched import api
-from tvmsched.paths import redact
+from tvmsched.paths import is_url, redact
 from tvmsched.registry import Registry
 
 
@@ -141,6 +141,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--db", help="a postgresql:// server URL (default: SQLite files)")
     args = parser.parse_args()
+    if args.db and not is_url(args.db):
+        parser.error(f"--db takes a postgresql:// server URL, not {args.db!r}")
     if args.db:
         print(f"backend: PostgreSQL ({redact(args.db)})")
     print(

@@ -57,9 +57,11 @@ def _psycopg():
 
 
 def reason(exc: BaseException) -> str:
-    """A psycopg error in one line: libpq's last line says what went wrong."""
-    lines = str(exc).strip().splitlines()
-    return lines[-1] if lines else type(exc).__name__
+    """A psycopg error in one line (libpq's message spans several, the later ones
+    indented hints)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or (
+        type(exc).__name__
+    )
 
 
 @lru_cache(maxsize=512)
