@@ -217,6 +217,7 @@ class Daemon:
             self._kill_silent(now)
             self._cancel_flagged(now)
             self._probe_devices(now)
+            self.registry.unblock_suspended(_stopped)
         if self.stopping:
             if self.stop_deadline is None:
                 self.stop_deadline = now + self.config.stop_timeout

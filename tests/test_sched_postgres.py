@@ -17,7 +17,7 @@ import pytest
 from tvmsched.models import Resource, ResourceKind
 from tvmsched.paths import display, local_base, pid_file, redact, resolve_db
 from tvmsched.registry import MIGRATIONS, Registry, RegistryError
-from tvmsched.registry.postgres import Row, postgres_ddl, translate
+from tvmsched.registry.postgres import GATE_KEY, Row, postgres_ddl, translate
 
 SECRET = "hunter2-secret"
 
@@ -115,9 +115,11 @@ while True:
 
 
 def test_a_runner_stopped_while_waiting_never_takes_the_gate(pg_server):
-    """SQLite's gate is a flock, which a stopped process never acquires. A blocking
-    advisory lock would be granted by the server to a stopped client, which would then
-    hold the gate, and every runner's write (the measuring one's too) would hang."""
+    """SQLite's gate is a flock, which a stopped process never acquires. The server
+    grants a queued advisory lock even to a stopped client, which would then hold the
+    gate, and every runner's write (the measuring one's too) would hang: the daemon
+    cancels the stopped runner's wait (``unblock``), and the runner, once continued,
+    asks again and goes on writing."""
     url = pg_server.database()
     daemon = Registry(url, priority=True)
     daemon.replace_resources([Resource("cpu", ResourceKind.CPU, 2, False)])
@@ -130,6 +132,7 @@ def test_a_runner_stopped_while_waiting_never_takes_the_gate(pg_server):
         os.kill(writer.pid, signal.SIGSTOP)
         with daemon._write(gate=True) as conn:  # a grant that suspends: the gate is freed
             conn.execute("UPDATE settings SET value = 'daemon' WHERE key = 'writer'")
+            assert daemon.store.unblock(conn, [writer.pid]) == 1
         runner = Registry(url)
         done = threading.Event()
         thread = threading.Thread(
@@ -138,9 +141,68 @@ def test_a_runner_stopped_while_waiting_never_takes_the_gate(pg_server):
         thread.start()
         assert done.wait(10), "a stopped process holds the writers' gate"
         os.kill(writer.pid, signal.SIGCONT)
+        _writes_again(runner, writer)
     finally:
         writer.kill()
         writer.wait()
+
+
+def _writes_again(registry, writer) -> None:
+    """The continued writer goes on writing: its counter moves, and it is alive."""
+
+    def count() -> int:
+        value = registry.get_setting("writer", "")
+        return int(value) if value.isdigit() else 0  # "daemon": the test's own write
+
+    before, deadline = count(), time.monotonic() + 10
+    while count() <= before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writer.poll() is None, "the continued writer died"
+    assert count() > before, "the continued writer stopped writing"
+
+
+def test_a_stopped_runner_granted_the_gate_loses_its_session_and_writes_again(pg_server):
+    """The race that cancelling a queued wait cannot close (a request still on its way
+    to the server when the runner was stopped): the server grants the gate to the
+    stopped runner. ``unblock`` ends that session, which frees the gate; once continued,
+    the runner reopens its session and runs its write again (``retried``)."""
+    url = pg_server.database()
+    daemon = Registry(url, priority=True)
+    daemon.replace_resources([Resource("cpu", ResourceKind.CPU, 2, False)])
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, url], stdout=subprocess.PIPE)
+    try:
+        assert writer.stdout.readline().strip() == b"ready"
+        time.sleep(0.3)
+        assert daemon._gate_ready(5.0)
+        time.sleep(0.1)
+        os.kill(writer.pid, signal.SIGSTOP)
+        with daemon._write(gate=True) as conn:  # freed without unblock: the server
+            conn.execute("UPDATE settings SET value = 'daemon' WHERE key = 'writer'")
+        deadline = time.monotonic() + 5  # ... grants the gate to the stopped writer
+        while not _gate_holders(daemon, writer.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _gate_holders(daemon, writer.pid), "the stopped writer never got the gate"
+        assert daemon.store.unblock(daemon.conn, [writer.pid]) == 1
+        runner = Registry(url)
+        done = threading.Event()
+        threading.Thread(
+            target=lambda: (runner.set_setting("other", "1"), done.set()), daemon=True
+        ).start()
+        assert done.wait(10), "the gate stayed with the stopped writer"
+        os.kill(writer.pid, signal.SIGCONT)
+        _writes_again(runner, writer)
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def _gate_holders(registry, pid) -> list:
+    return registry.conn.execute(
+        "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objid::bigint = ?"
+        " AND a.application_name = ?",
+        (GATE_KEY & 0xFFFFFFFF, f"sched-{pid}"),
+    ).fetchall()
 
 
 @pytest.mark.slow

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..models import (
     EventKind,
@@ -18,16 +20,34 @@ from ..models import (
     ResourceKind,
 )
 from ..paths import locator
-from .postgres import PostgresStore
+from .postgres import PostgresStore, SessionLost
 from .sqlite_store import SQLiteStore
 
 BUSY_TIMEOUT_S = 60.0
+SESSION_RETRIES = 3
+T = TypeVar("T")
 Connection = Any  # a sqlite3.Connection or a postgres.PgConnection: the same calls
 _JOB_COLUMNS = (
     "id, name, kind, spec, priority, device_kind, state, submitted_at, started_at, "
     "finished_at, stage, wait_reason, progress, best_latency_ms, result, error, retries, "
     "attempt, stages_done, runner_pid, runner_started, cancel_requested, parent_id"
 )
+
+
+def retried(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a write again when the server ended its session before it committed (see
+    ``postgres.SessionLost``: how the daemon frees a gate that a stopped runner took)."""
+
+    @functools.wraps(method)
+    def again(self, *args, **kwargs):
+        for _ in range(SESSION_RETRIES):
+            try:
+                return method(self, *args, **kwargs)
+            except SessionLost:
+                continue
+        return method(self, *args, **kwargs)
+
+    return again
 
 
 def _dumps(value: Any) -> str:
@@ -80,7 +100,11 @@ class RegistryBase:
     def conn(self) -> Any:
         """This process's and thread's connection; a forked child never reuses its parent's."""
         local = self._local
-        if getattr(local, "pid", None) != os.getpid() or local.conn is None:
+        if (
+            getattr(local, "pid", None) != os.getpid()
+            or local.conn is None
+            or getattr(local.conn, "closed", False)  # a PostgreSQL session the server ended
+        ):
             local.conn = self.store.connect()
             local.pid = os.getpid()
         return local.conn
@@ -135,6 +159,7 @@ class RegistryBase:
         row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
 
+    @retried
     def set_setting(self, key: str, value: str, *, now: float | None = None) -> None:
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock

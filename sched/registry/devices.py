@@ -8,7 +8,7 @@ from typing import Any
 
 from ..devices import backoff as next_probe
 from ..models import EventKind, Fenced, RequestState, ResourceKind
-from .base import RegistryBase, _dumps
+from .base import RegistryBase, _dumps, retried
 
 _DEVICE_COLUMNS = "name, device_group, rpc, down_reason, down_since, failures, retry_at"
 
@@ -89,12 +89,12 @@ class DevicesMixin(RegistryBase):
             if reason is None:
                 # failures stay counted until a stage succeeds on it (complete_stage), so a
                 # server that answers probes but fails its sessions backs off ever longer
-                cur = conn.execute(
+                row = conn.execute(
                     "UPDATE resources SET down_reason = NULL, down_since = NULL,"
-                    " retry_at = NULL WHERE name = ? AND down_reason IS NOT NULL",
+                    " retry_at = NULL WHERE name = ? AND down_reason IS NOT NULL RETURNING name",
                     (name,),
-                )
-                if cur.rowcount:
+                ).fetchone()
+                if row is not None:
                     self._event(conn, now, EventKind.DEVICE_UP, resources={name: 1})
                 return
             conn.execute(
@@ -103,6 +103,7 @@ class DevicesMixin(RegistryBase):
                 (reason, now + backoff, name),
             )
 
+    @retried
     def device_unavailable(
         self,
         epoch: int,

@@ -15,7 +15,7 @@ from ..models import (
     RequestState,
 )
 from ..paths import jobs_dir, runner_log_dir, used_job_paths
-from .base import _JOB_COLUMNS, Connection, RegistryBase, _dumps, _job_dict
+from .base import _JOB_COLUMNS, Connection, RegistryBase, _dumps, _job_dict, retried
 from .health import RegistryError
 
 _WAITING = "waiting for the daemon to start a runner"
@@ -275,6 +275,7 @@ class JobsMixin(RegistryBase):
             ),
         )
 
+    @retried
     def finish_job(
         self,
         job_id: int,
@@ -289,9 +290,10 @@ class JobsMixin(RegistryBase):
         event = EventKind.JOB_DONE if state is JobState.DONE else EventKind.JOB_FAILED
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock
-            cur = conn.execute(
+            row = conn.execute(
                 "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, stage = NULL,"
-                " wait_reason = NULL WHERE id = ? AND attempt = ? AND state = 'running'",
+                " wait_reason = NULL WHERE id = ? AND attempt = ? AND state = 'running'"
+                " RETURNING id",
                 (
                     state.value,
                     _dumps(result) if result is not None else None,
@@ -300,8 +302,8 @@ class JobsMixin(RegistryBase):
                     job_id,
                     attempt,
                 ),
-            )
-            if cur.rowcount != 1:
+            ).fetchone()
+            if row is None:
                 raise Fenced(f"job {job_id} attempt {attempt} is no longer running")
             self._reclaim(conn, job_id, "job finished", now)
             self._event(conn, now, event, job_id, detail={"error": error} if error else None)

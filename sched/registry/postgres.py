@@ -14,16 +14,20 @@ extra) is imported only then. What differs from SQLite, and how it is kept equiv
   one transaction-level advisory lock, so writes are serialised in the same way, while
   reads run beside them on committed data, like WAL readers. Runners first pass a gate
   (a second advisory lock) that the daemon's writes skip, as the flocks do on SQLite.
-  Runners take the gate with a try-lock, never a blocking wait: the server grants a
-  blocked lock request even to a client that is stopped (SIGSTOP for preemption), and a
-  stopped runner holding the gate would block the measurement it was stopped for;
+  Runners wait for the gate in the server's queue. Unlike a flock, which a stopped
+  process never acquires, the server grants a queued lock even to a client that is
+  stopped (SIGSTOP for preemption), and a stopped runner holding the gate would block
+  every runner's write, the measuring one's too. So the daemon clears the way
+  (``unblock``): once it has stopped runners, and again on each housekeeping pass while
+  any stays suspended, it cancels their queued gate waits and ends the session of one
+  that holds the gate. The resumed runner sees the error and asks for the gate again;
+- a transaction runs in pipeline mode (see ``write``);
 - a lock wait is bounded by ``lock_timeout`` (the busy timeout's twin).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import re
 import threading
 import time
@@ -40,9 +44,13 @@ from .schema import MIGRATIONS
 # advisory lock keys (per database): the writers' gate and the write lock
 GATE_KEY = 0x5C4ED_0001
 WRITE_KEY = 0x5C4ED_0002
-GATE_POLL_S = 0.0005  # a runner's first wait for the gate; it doubles up to the max
-GATE_POLL_MAX_S = 0.008
+GATE_POLL_S = 0.0005  # the daemon's wait between tries for the gate (gate_ready)
 CONNECT_TIMEOUT_S = 10
+
+
+class SessionLost(Exception):
+    """The server ended this session before the transaction committed (nothing of it
+    was written); the connection is reopened, and the caller may run it again."""
 
 
 def _psycopg():
@@ -110,10 +118,21 @@ def _row_factory(cursor):
 
 
 class PgConnection:
-    """A psycopg connection in autocommit mode that takes the registry's statements."""
+    """A psycopg connection in autocommit mode that takes the registry's statements;
+    ``reopen`` replaces a session that the server ended."""
 
-    def __init__(self, raw) -> None:
+    def __init__(self, raw, opener) -> None:
         self.raw = raw
+        self._opener = opener
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.raw.closed)
+
+    def reopen(self) -> None:
+        if not self.raw.closed:
+            self.raw.close()
+        self.raw = self._opener()
 
     def execute(self, sql: str, params: Sequence[Any] = ()):
         return self.raw.execute(translate(sql), tuple(params))
@@ -140,6 +159,15 @@ class PostgresStore:
         self._local = threading.local()
 
     def connect(self) -> PgConnection:
+        conn = PgConnection(self._open(), self._open)
+        if self._migrated != os.getpid():
+            self._check_ours(conn)
+            self._migrate(conn)
+            self._migrated = os.getpid()
+        return conn
+
+    def _open(self):
+        """A new session, set up as the registry's writers expect."""
         psycopg = _psycopg()
         try:
             raw = psycopg.connect(
@@ -155,16 +183,12 @@ class PostgresStore:
                 f"server runs and the URL is right (a password belongs in ~/.pgpass or "
                 f"PGPASSFILE, not in the URL)"
             ) from None
-        conn = PgConnection(raw)
-        conn.execute(f"SET lock_timeout = {int(self.timeout * 1000)}")
         # SQLite's synchronous=NORMAL in WAL mode: a commit does not wait for its WAL
         # flush, so a crash of the server may lose the last commits (never corrupt)
-        conn.execute("SET synchronous_commit = off")
-        if self._migrated != os.getpid():
-            self._check_ours(conn)
-            self._migrate(conn)
-            self._migrated = os.getpid()
-        return conn
+        raw.execute(
+            f"SET lock_timeout = {int(self.timeout * 1000)}; SET synchronous_commit = off"
+        )
+        return raw
 
     def _tables(self, conn: PgConnection) -> set[str]:
         rows = conn.execute(
@@ -229,27 +253,80 @@ class PostgresStore:
     @contextmanager
     def write(self, conn: PgConnection, *, gate: bool, priority: bool) -> Iterator[PgConnection]:
         """One write transaction, serialised with every other by the write lock; a runner
-        (not ``priority``), or any writer with ``gate``, passes the gate first."""
+        (not ``priority``), or any writer with ``gate``, passes the gate first.
+
+        Once the locks are held, the transaction runs in psycopg's pipeline mode: a
+        statement whose result is not read (an INSERT into the log, an UPDATE) is sent
+        without waiting for the server, so the body costs a round trip per result read,
+        not per statement, and the write lock is held that much shorter.
+        """
         held = getattr(self._local, "gate_held", False)
-        conn.execute("BEGIN")
+        committing = False
         try:
+            # the keys below are this module's constants, not data
             if (gate or not priority) and not held:
-                wait = GATE_POLL_S
-                while not conn.execute(
-                    "SELECT pg_try_advisory_xact_lock(?)", (GATE_KEY,)
-                ).fetchone()[0]:
-                    time.sleep(wait * (0.5 + random.random()))
-                    wait = min(GATE_POLL_MAX_S, wait * 2)
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_KEY,))
-            yield conn
+                self._pass_gate(conn)
+                # a second round trip: a runner stopped at the gate must not also queue
+                # for the write lock, which the daemon's own writes need
+                conn.raw.execute(f"SELECT pg_advisory_xact_lock({WRITE_KEY})")
+            else:
+                conn.raw.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_KEY})")
+            # held now: what the caller stamps (time.time()) is stamped under the lock
+            with conn.raw.pipeline():
+                yield conn
+                committing = True
+                conn.execute("COMMIT")
+        except _psycopg().OperationalError as exc:
+            if not conn.closed:
+                if conn.raw.info.transaction_status != _idle():
+                    conn.execute("ROLLBACK")
+                raise
+            if committing:  # it may have committed: never run it twice
+                raise
+            conn.reopen()
+            raise SessionLost(reason(exc)) from None
         except BaseException:
-            if not conn.raw.closed:
+            if not conn.closed and conn.raw.info.transaction_status != _idle():
                 conn.execute("ROLLBACK")
             raise
-        else:
-            conn.execute("COMMIT")
         finally:
             if held:
                 self._local.gate_held = False
-                if not conn.raw.closed:
+                if not conn.closed:
                     conn.execute("SELECT pg_advisory_unlock(?)", (GATE_KEY,))
+
+    def _pass_gate(self, conn: PgConnection) -> None:
+        """Begin a transaction and wait in the server's queue for the gate; a wait the
+        daemon cancelled, or a session it ended (``unblock``), is asked again."""
+        psycopg = _psycopg()
+        while True:
+            try:
+                conn.raw.execute(f"BEGIN; SELECT pg_advisory_xact_lock({GATE_KEY})")
+                return
+            except (psycopg.errors.QueryCanceled, psycopg.OperationalError):
+                if conn.closed:
+                    conn.reopen()
+                else:
+                    conn.execute("ROLLBACK")
+
+    def unblock(self, conn: PgConnection, pids: Iterable[int]) -> int:
+        """Clear the gate of the stopped runners ``pids``: cancel their queued waits for
+        it and end the session of one that holds it; how many were cleared."""
+        names = [f"sched-{pid}" for pid in pids if pid]
+        if not names:
+            return 0
+        rows = conn.execute(
+            "SELECT l.pid, l.granted FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.classid::bigint = ? AND l.objid::bigint = ?"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND a.application_name = ANY(?)",
+            (GATE_KEY >> 32, GATE_KEY & 0xFFFFFFFF, names),
+        ).fetchall()
+        for pid, granted in rows:
+            ender = "pg_terminate_backend" if granted else "pg_cancel_backend"
+            conn.execute(f"SELECT {ender}(?)", (pid,)).fetchone()
+        return len(rows)
+
+
+def _idle():
+    return _psycopg().pq.TransactionStatus.IDLE

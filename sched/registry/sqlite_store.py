@@ -153,5 +153,9 @@ class SQLiteStore:
             if use_gate:
                 fcntl.flock(gate_fd, fcntl.LOCK_UN)
 
+    def unblock(self, conn: sqlite3.Connection, pids) -> int:
+        """Nothing to clear: a stopped process never acquires a flock."""
+        return 0
+
     def applied_migrations(self, conn: sqlite3.Connection) -> list[str]:
         return sqlite.applied_migrations(conn)

@@ -15,7 +15,7 @@ from ..models import (
     Pending,
     RequestState,
 )
-from .base import Connection, RegistryBase, _dumps
+from .base import Connection, RegistryBase, _dumps, retried
 
 GATE_WAIT_S = 2.0  # how long a grant that suspends stages waits for the writers' gate
 # Is the suspender of lease ``l`` (the measurement's request) still holding an active
@@ -28,27 +28,25 @@ SUSPENDER_ACTIVE = (
 
 class StagesMixin(RegistryBase):
     def _insert_request(self, conn, job_id, attempt, stage_index, kind, needs, info, now) -> int:
-        ok = conn.execute(
-            "SELECT 1 FROM jobs WHERE id = ? AND attempt = ? AND state = 'running'"
-            " AND cancel_requested = 0",
-            (job_id, attempt),
-        ).fetchone()
-        if ok is None:
-            raise Fenced(f"job {job_id} attempt {attempt} may not request stages")
-        rid = conn.execute(
+        row = conn.execute(  # one statement: fenced by the job's attempt and state
             "INSERT INTO requests (job_id, attempt, stage_index, kind, needs, info, state,"
-            " requested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            " requested_at) SELECT id, attempt, ?, ?, ?, ?, ?, ? FROM jobs"
+            " WHERE id = ? AND attempt = ? AND state = 'running' AND cancel_requested = 0"
+            " RETURNING id",
             (
-                job_id,
-                attempt,
                 stage_index,
                 kind,
                 _dumps(needs),
                 _dumps(info),
                 RequestState.PENDING.value,
                 now,
+                job_id,
+                attempt,
             ),
-        ).fetchone()[0]
+        ).fetchone()
+        if row is None:
+            raise Fenced(f"job {job_id} attempt {attempt} may not request stages")
+        rid = row[0]
         conn.execute(
             "UPDATE jobs SET stage = ?, wait_reason = 'waiting for a grant' WHERE id = ?",
             (kind, job_id),
@@ -56,6 +54,7 @@ class StagesMixin(RegistryBase):
         self._event(conn, now, EventKind.REQUEST, job_id, kind, detail={"needs": needs})
         return int(rid)
 
+    @retried
     def request_stage(
         self,
         job_id: int,
@@ -171,32 +170,21 @@ class StagesMixin(RegistryBase):
 
     def _lease(self, conn, pending: Pending, resources: dict[str, int], now: float) -> Grant | None:
         """Grant ``pending`` with ``resources`` (inside ``grant``); None if no longer pending."""
-        row = conn.execute(
-            "UPDATE requests SET state = 'granted' WHERE id = ? AND state = 'pending'"
-            " RETURNING job_id",
-            (pending.request_id,),
+        row = conn.execute(  # one statement (one round trip): the lease of a pending request
+            "INSERT INTO leases (request_id, job_id, kind, resources, holder_pid,"
+            " holder_started, state, granted_at, heartbeat_at)"
+            " SELECT r.id, r.job_id, ?, ?, j.runner_pid, j.runner_started, 'active', ?, ?"
+            " FROM requests r JOIN jobs j ON j.id = r.job_id"
+            " WHERE r.id = ? AND r.state = 'pending' RETURNING epoch",
+            (pending.kind, _dumps(resources), now, now, pending.request_id),
         ).fetchone()
         if row is None:
             return None
-        holder = conn.execute(
-            "SELECT runner_pid, runner_started FROM jobs WHERE id = ?", (row[0],)
-        ).fetchone()
-        epoch = conn.execute(
-            "INSERT INTO leases (request_id, job_id, kind, resources, holder_pid,"
-            " holder_started, state, granted_at, heartbeat_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?) RETURNING epoch",
-            (
-                pending.request_id,
-                pending.job_id,
-                pending.kind,
-                _dumps(resources),
-                holder[0],
-                holder[1],
-                now,
-                now,
-            ),
-        ).fetchone()[0]
-        conn.execute("UPDATE requests SET epoch = ? WHERE id = ?", (epoch, pending.request_id))
+        epoch = row[0]
+        conn.execute(
+            "UPDATE requests SET state = 'granted', epoch = ? WHERE id = ?",
+            (epoch, pending.request_id),
+        )
         conn.execute(
             "UPDATE jobs SET stage = ?, wait_reason = NULL WHERE id = ?",
             (pending.kind, pending.job_id),
@@ -231,6 +219,8 @@ class StagesMixin(RegistryBase):
             stopped = on_suspend(rows)
             if stopped is not None:  # the holders that did stop; the others run on
                 rows = [row for row in rows if row["epoch"] in stopped]
+            # none of them may take the gate while stopped (PostgreSQL; see unblock)
+            self.store.unblock(conn, [row["holder_pid"] for row in rows])
         for row in rows:
             conn.execute(
                 "UPDATE leases SET suspended_for = ?, suspended_at = ? WHERE epoch = ?",
@@ -265,6 +255,20 @@ class StagesMixin(RegistryBase):
         )
         return [dict(r) for r in rows]
 
+    def unblock_suspended(self, stopped: Callable[[int], bool]) -> int:
+        """Clear the writers' gate of the runners of suspended leases that are stopped
+        (``stopped(pid)``): only PostgreSQL grants a lock to a stopped process, see
+        ``PostgresStore.unblock``. A runner already continued is never touched, so a
+        session it is writing in is never ended."""
+        if self.backend == "sqlite":
+            return 0
+        rows = self.conn.execute(
+            "SELECT DISTINCT holder_pid FROM leases WHERE state = 'active'"
+            " AND suspended_for IS NOT NULL"
+        ).fetchall()
+        pids = [r[0] for r in rows if r[0] and stopped(r[0])]
+        return self.store.unblock(self.conn, pids) if pids else 0
+
     def resume_leases(self, epochs: list[int], *, now: float | None = None) -> None:
         """Record suspended leases as running again (their runners already continued)."""
         if not epochs:
@@ -294,6 +298,7 @@ class StagesMixin(RegistryBase):
             for r in rows
         ]
 
+    @retried
     def start_stage(self, epoch: int, *, now: float | None = None) -> None:
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock
@@ -306,15 +311,18 @@ class StagesMixin(RegistryBase):
                 raise Fenced(f"lease {epoch} is no longer active")
             self._event(conn, now, EventKind.START, row[0], row[1], epoch, json.loads(row[2]))
 
+    @retried
     def heartbeat(self, epoch: int, *, now: float | None = None) -> bool:
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock
-            cur = conn.execute(
-                "UPDATE leases SET heartbeat_at = ? WHERE epoch = ? AND state = 'active'",
+            row = conn.execute(
+                "UPDATE leases SET heartbeat_at = ? WHERE epoch = ? AND state = 'active'"
+                " RETURNING epoch",
                 (now, epoch),
-            )
-            return cur.rowcount == 1
+            ).fetchone()
+            return row is not None
 
+    @retried
     def complete_stage(
         self,
         epoch: int,
@@ -332,31 +340,32 @@ class StagesMixin(RegistryBase):
         """
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock
-            job_id, kind, resources, paused = self._release_done(conn, epoch, started_at, now)
+            job_id, kind, resources, paused, attempt = self._release_done(
+                conn, epoch, started_at, now
+            )
             seconds = max(0.0, seconds - paused)  # time spent suspended is not the stage's
             self._record_stage(conn, job_id, kind, epoch, resources, seconds, progress, now)
             if next_stage is None:
                 return None
-            attempt = conn.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
             index, next_kind, needs, info = next_stage
-            return self._insert_request(
-                conn, job_id, attempt[0], index, next_kind, needs, info, now
-            )
+            return self._insert_request(conn, job_id, attempt, index, next_kind, needs, info, now)
 
     def _release_done(
         self, conn: Connection, epoch: int, started_at: float | None, now: float
-    ) -> tuple[int, str, dict[str, int], float]:
+    ) -> tuple[int, str, dict[str, int], float, int]:
         """Release an active lease whose stage ran (Fenced if it is not active) and mark
-        its request done; returns its job, stage kind, resources and seconds paused."""
+        its request done; returns its job, stage kind, resources, seconds paused and the
+        job's attempt."""
         row = conn.execute(
-            "SELECT job_id, kind, resources, request_id, started_at,"
-            " paused_s + COALESCE(? - suspended_at, 0) FROM leases"
-            " WHERE epoch = ? AND state = 'active'",
+            "SELECT l.job_id, l.kind, l.resources, l.request_id, l.started_at,"
+            " l.paused_s + COALESCE(? - l.suspended_at, 0), j.attempt"
+            " FROM leases l JOIN jobs j ON j.id = l.job_id"
+            " WHERE l.epoch = ? AND l.state = 'active'",
             (now, epoch),
         ).fetchone()
         if row is None:
             raise Fenced(f"lease {epoch} is no longer active")
-        job_id, kind, resources, request_id, recorded_start, paused = row
+        job_id, kind, resources, request_id, recorded_start, paused, attempt = row
         resources = json.loads(resources)
         start = started_at if started_at is not None else now
         conn.execute(
@@ -373,7 +382,7 @@ class StagesMixin(RegistryBase):
                 f"UPDATE resources SET failures = 0 WHERE name IN ({marks}) AND failures > 0",
                 list(resources),
             )
-        return job_id, kind, resources, paused
+        return job_id, kind, resources, paused, attempt
 
     def _record_stage(
         self, conn: Connection, job_id: int, kind: str, epoch: int,
