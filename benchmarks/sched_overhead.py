@@ -6,17 +6,20 @@ by the daemon and its runners while they are idle (every runner waiting for a gr
 cannot come yet).
 
     .venv/bin/python benchmarks/sched_overhead.py [--runners 8 32 64] [--rounds 20]
-        [--db postgresql://USER@HOST/DB]
+        [--db postgresql://USER@HOST/DB] [--agents 4]
 
 With ``--db postgresql://...`` the registries are PostgreSQL databases on that server
 instead of SQLite files: each run creates its own database (the user needs CREATEDB)
-and drops it afterwards.
+and drops it afterwards. With ``--agents N`` the runners run on N agents (``sched
+agent`` on this machine, each with an equal share of the slots), not on the daemon.
 """
 
 import argparse
 import os
 import pathlib
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -76,16 +79,56 @@ class Registries:
                 conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-def throughput(runners, rounds, registries):
+class Agents:
+    """``sched agent`` processes named host-0 .. host-(n-1), each with an equal share."""
+
+    def __init__(self, db, count, runners):
+        share = max(1, runners // count)
+        env = dict(os.environ, SCHED_DB=str(db))
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tvmsched.agent", "--name", f"host-{i}",
+                 "--resource", f"cpu={share}", "--resource", f"dev={share}",
+                 "--max-jobs", str(share)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            for i in range(count)
+        ]
+        registry, deadline = Registry(db), time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if sum(h["state"] == "up" for h in registry.hosts()) == count:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the agents did not register within 60 s")
+
+    def pids(self):
+        return [proc.pid for proc in self.procs]
+
+    def stop(self):
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(60)
+
+
+def start(db, runners, agents, resources):
+    """The daemon, and with ``agents`` that many agents sharing the runners (the daemon
+    then runs no job itself)."""
+    extra = ["--max-jobs", str(runners)] + (["--no-local-jobs"] if agents else [])
+    pid = api.start_daemon(db, strategy="interleaved", resources=resources, extra=extra)
+    return pid, (Agents(db, agents, runners) if agents else None)
+
+
+def throughput(runners, rounds, registries, agents=0):
     db = registries.new(f"overhead-{runners}")
     # One cpu slot and one device per runner: no queueing, so latency is pure overhead.
-    resources = {"cpu": runners, "dev": runners}
-    api.start_daemon(db, strategy="interleaved", resources=resources,
-                     extra=["--max-jobs", str(runners)])  # fmt: skip
+    _, hosts = start(db, runners, agents, {"cpu": runners, "dev": runners})
     try:
         ids = [api.submit(db, mock=f"rounds={rounds}") for _ in range(runners)]
         api.wait(db, ids, timeout=600, poll=0.05)
     finally:
+        if hosts is not None:
+            hosts.stop()
         api.stop_daemon(db)
     events = Registry(db).events()
     requested, latencies, grants, first_grant = {}, [], [], {}
@@ -114,24 +157,28 @@ def throughput(runners, rounds, registries):
     }
 
 
-def idle_cpu(runners, registries, seconds=10.0):
-    """CPU of daemon plus runners while every runner waits (one long sleeping stage holds
-    the only cpu slot, so the others poll for a grant that cannot come)."""
+def idle_cpu(runners, registries, seconds=10.0, agents=0):
+    """CPU of daemon, agents and runners while every runner waits (one long sleeping
+    stage holds the only cpu slot, so the others poll for a grant that cannot come)."""
     db = registries.new(f"idle-{runners}")
-    pid = api.start_daemon(db, resources={"cpu": 1, "dev": 1},
-                           extra=["--max-jobs", str(runners)])  # fmt: skip
+    # with agents, each has its share of slots: the runners then sleep in their stages
+    # or wait, and what is measured is the cost of heartbeats, polls and passes
+    pid, hosts = start(db, runners, agents, {"cpu": 1, "dev": 1})
+    trees = [pid] + (hosts.pids() if hosts else [])
     try:
         for _ in range(runners):
             api.submit(db, mock="rounds=1,search=60")
         time.sleep(3.0)  # let every runner start and back off
-        before, start = process_tree_cpu(pid), time.monotonic()
+        before, begun = sum(map(process_tree_cpu, trees)), time.monotonic()
         time.sleep(seconds)
-        used = process_tree_cpu(pid) - before
-        return 100.0 * used / (time.monotonic() - start)
+        used = sum(map(process_tree_cpu, trees)) - before
+        return 100.0 * used / (time.monotonic() - begun)
     finally:
         for job in api.jobs(db):
             if job["state"] in ("queued", "running"):
                 api.cancel(db, job["id"])
+        if hosts is not None:
+            hosts.stop()
         api.stop_daemon(db)
 
 
@@ -140,11 +187,17 @@ def main():
     parser.add_argument("--runners", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--db", help="a postgresql:// server URL (default: SQLite files)")
+    parser.add_argument("--agents", type=int, default=0,
+                        help="run the runners on this many agents, not on the daemon")  # fmt: skip
     args = parser.parse_args()
+    if args.agents < 0:
+        parser.error("--agents must be 0 or more")
     if args.db and not is_url(args.db):
         parser.error(f"--db takes a postgresql:// server URL, not {args.db!r}")
     if args.db:
         print(f"backend: PostgreSQL ({redact(args.db)})")
+    if args.agents:
+        print(f"runners on {args.agents} agents (sched agent), each with an equal share")
     print(
         f"{'runners':>7} {'grants':>7} {'grants/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'start-up s':>10} {'all p50':>8} {'all p99':>8} {'idle cpu % of a core':>21}"
@@ -152,7 +205,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="sched-overhead-") as workdir:
         registries = Registries(workdir, args.db)
         try:
-            rows = [(throughput(n, args.rounds, registries), idle_cpu(n, registries))
+            rows = [(throughput(n, args.rounds, registries, args.agents),
+                     idle_cpu(n, registries, agents=args.agents))
                     for n in args.runners]  # fmt: skip
         finally:
             registries.drop_all()

@@ -117,10 +117,24 @@ def start(
             "else on).",
         ),
     ] = None,
+    local_jobs: Annotated[
+        bool,
+        typer.Option(
+            "--local-jobs/--no-local-jobs",
+            help="Run jobs on this host too, or only on agents' hosts (sched agent).",
+        ),
+    ] = True,
+    host_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds of heartbeat silence before an agent's host is fenced."),
+    ] = 10.0,
     db: Db = None,
 ) -> None:
     """Start the scheduler daemon (one per registry)."""
-    extra = ["--max-jobs", str(max_jobs), "--heartbeat-timeout", str(heartbeat_timeout)]
+    extra = ["--max-jobs", str(max_jobs), "--heartbeat-timeout", str(heartbeat_timeout),
+             "--host-timeout", str(host_timeout)]  # fmt: skip
+    if not local_jobs:
+        extra.append("--no-local-jobs")
     if preempt is not None:
         extra.append("--preempt" if preempt else "--no-preempt")
     with errors(db):
@@ -134,6 +148,36 @@ def start(
             raise typer.Exit(daemon_main(args))
         pid = api.start_daemon(db, strategy=strategy, resources=resource, extra=extra)
     console.print(plain(f"sched daemon started, pid {pid}, db {display(resolve_db(db))}"))
+
+
+@app.command()
+def agent(
+    name: Annotated[str, typer.Option(help="This host's name in the registry, e.g. box-a.")],
+    resource: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="This host's resources, NAME=CAPACITY (cpu=16, cpu-device=1, gpu=2); "
+            "default: a cpu pool of this machine's cores."
+        ),
+    ] = None,
+    max_jobs: Annotated[int, typer.Option(help="Runner processes alive at once.")] = 64,
+    heartbeat_timeout: Annotated[
+        float, typer.Option(help="Seconds of heartbeat silence before a runner is killed.")
+    ] = 10.0,
+    db: Db = None,
+) -> None:
+    """Serve the jobs the daemon places on this host, in this terminal until Ctrl-C.
+
+    Run one per host, on a registry all of them reach (a postgresql:// URL); see
+    docs/multihost.md."""
+    from .agent import main as agent_main
+
+    args = ["--name", name, "--max-jobs", str(max_jobs),
+            "--heartbeat-timeout", str(heartbeat_timeout)]  # fmt: skip
+    for text in resource or []:
+        args += ["--resource", text]
+    with errors(db):
+        raise typer.Exit(agent_main(args, db=resolve_db(db)))
 
 
 @app.command()

@@ -23,8 +23,9 @@ import psutil
 from . import runner
 from .devices import backoff, probe
 from .dispatch import Dispatcher
+from .host import Runner, RunnerHost, _alive, _signal_group
 from .jobs import kind_of_target, preload, target_kind
-from .limits import HEARTBEAT_S, check_daemon_limits
+from .limits import HEARTBEAT_S, check_daemon_limits, check_seconds
 from .models import JobKind, Resource, ResourceKind
 from .paths import (
     display,
@@ -33,24 +34,13 @@ from .paths import (
     log_file,
     pid_file,
     resolve_db,
-    runner_log,
-    runner_log_dir,
 )
 from .pidfile import PidFile, running_pid
 from .registry import Registry, RegistryError
 from .registry.health import check_file, damaged
+from .registry.stages import WAKE_CHANNEL
 from .resources import detect
 from .strategies import get_strategy
-
-
-@dataclass
-class Runner:
-    job_id: int
-    attempt: int
-    pid: int
-    started: float
-    wake_fd: int | None = None  # our end of the runner's wake-up pipe (None when adopted)
-    child: bool = True
 
 
 @dataclass
@@ -66,6 +56,8 @@ class DaemonConfig:
     probe_backoff: float = 2.0  # seconds before a down remote device is probed again ...
     probe_backoff_max: float = 120.0  # ... doubling after each failed probe, up to this
     preempt: bool | None = None  # None keeps the stored setting (on unless turned off)
+    local_jobs: bool = True  # run jobs on this host too, besides the agents' hosts
+    host_timeout: float = 10.0  # T: an agent silent this long is fenced, its jobs requeued
 
 
 SPAWN_BATCH = 4  # runners forked per pass (see Daemon._spawn)
@@ -80,7 +72,7 @@ class RegistryLost(RuntimeError):
     """The registry file was removed, replaced or damaged under the daemon."""
 
 
-class Daemon:
+class Daemon(RunnerHost):
     def __init__(self, db_path: str | Path, config: DaemonConfig | None = None) -> None:
         self.db = locator(db_path)  # a file or a URL
         self.db_path = local_base(self.db)  # the file, or where a URL's local files go
@@ -94,6 +86,7 @@ class Daemon:
         self.stopping = False
         self.stop_deadline: float | None = None
         self._wake_r = self._wake_w = -1
+        self.listener = None  # PostgreSQL: the session that hears runners on other hosts
         self._preloaded: set[str] = set()
         self._last_housekeeping = 0.0
         self._spawn_pending = False  # queued jobs left for the next pass to fork
@@ -116,6 +109,8 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        # PostgreSQL: runners on agents' hosts wake us with a NOTIFY, not a pipe
+        self.listener = self.registry.store.listener([WAKE_CHANNEL])
         if self.config.resources is not None:
             self.registry.replace_resources(self.config.resources)
         elif not any(r.kind is not ResourceKind.REMOTE for r in self.registry.resources().values()):
@@ -125,6 +120,7 @@ class Daemon:
             self.registry.set_setting("strategy", self.config.strategy, now=now)
         if self.config.preempt is not None:
             self.registry.set_setting("preempt", "on" if self.config.preempt else "off")
+        self.registry.set_setting("host_timeout", repr(self.config.host_timeout))
         for target in self.config.preload:
             try:
                 self._preload(kind_of_target(target))
@@ -199,13 +195,16 @@ class Daemon:
         return any(not r.child for r in self.runners.values())
 
     def _wait(self, timeout: float) -> None:
-        ready, _, _ = select.select([self._wake_r], [], [], timeout)
-        if ready:
+        waits = [self._wake_r] + ([self.listener] if self.listener is not None else [])
+        ready, _, _ = select.select(waits, [], [], timeout)
+        if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 65536):
                     pass
             except BlockingIOError:
                 pass
+        if self.listener is not None and self.listener in ready:
+            self.listener.drain()
 
     def loop(self, now: float | None = None) -> None:
         """One pass: reap, kill silent runners, cancel, start runners, grant stages."""
@@ -218,6 +217,7 @@ class Daemon:
             self._cancel_flagged(now)
             self._probe_devices(now)
             self.registry.unblock_suspended(_stopped)
+            self._fence_hosts(now)
         if self.stopping:
             if self.stop_deadline is None:
                 self.stop_deadline = now + self.config.stop_timeout
@@ -230,7 +230,8 @@ class Daemon:
                 runner.notify(found.wake_fd)
 
     def _stop_finished(self) -> bool:
-        busy = {lease.job_id for lease in self.registry.active_leases()}
+        # the stages of our own runners (agents' runners are theirs to stop)
+        busy = {lease.job_id for lease in self.registry.active_leases()} & set(self.runners)
         deadline_passed = self.stop_deadline is not None and time.time() >= self.stop_deadline
         return not busy or deadline_passed
 
@@ -245,12 +246,15 @@ class Daemon:
             self._wake_r = self._wake_w = -1
         self.registry.mark_daemon(None, now=now)
         self.registry.close()
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
         self.pidfile.release()
 
     # -- runners ---------------------------------------------------------------------
     def _recover(self, now: float) -> None:
         """After a crash: adopt live runners of running jobs, requeue the others."""
-        for job in self.registry.running_jobs():
+        for job in self.registry.running_jobs(host=None):
             pid, started = job["runner_pid"], job["runner_started"]
             found = Runner(job["id"], job["attempt"], pid or 0, started or 0.0, child=False)
             if pid and _alive(pid, started):
@@ -267,21 +271,58 @@ class Daemon:
         waiting for their first grant until the last was forked (p99 grant latency 440 ms
         in benchmarks/sched_overhead.py). Between batches the pass grants what is asked.
         """
-        limit = self.dispatcher.strategy.max_active_jobs(self.config.max_jobs)
-        room = min(limit - len(self.runners), SPAWN_BATCH + 1)
+        load = self.registry.host_load()  # agents that are up: (running jobs, max_jobs)
+        local = self.config.max_jobs if self.config.local_jobs else 0
+        free: dict[str | None, int] = {None: local - len(self.runners)}
+        free.update({name: most - running for name, (running, most) in load.items()})
+        running = len(self.runners) + sum(running for running, _ in load.values())
+        limit = self.dispatcher.strategy.max_active_jobs(local + sum(m for _, m in load.values()))
+        room = min(limit - running, SPAWN_BATCH + 1)
         self._spawn_pending = False
         if room <= 0:
             return
         queued = self.registry.queued_jobs(room)
         self._spawn_pending = len(queued) > SPAWN_BATCH
+        hosts = self._place(queued[:SPAWN_BATCH], free, load)
+        if not hosts:
+            return
         for job in queued[:SPAWN_BATCH]:
-            if job["kind"] == JobKind.TVM.value:
+            if job["id"] in hosts and hosts[job["id"]] is None and job["kind"] == JobKind.TVM.value:
                 try:
                     self._preload(target_kind(job["spec"]))
                 except ValueError:  # a malformed target in an old row: its runner says so
                     traceback.print_exc()
-        claimed = self.registry.claim_jobs([job["id"] for job in queued[:SPAWN_BATCH]], now=now)
-        self._fork(list(claimed.items()), now)
+        claimed = self.registry.claim_jobs(list(hosts), now=now, hosts=hosts)
+        self._fork([(job_id, n) for job_id, n in claimed.items() if hosts[job_id] is None], now)
+
+    def _place(
+        self, jobs: list[dict], free: dict[str | None, int], load: dict[str, tuple[int, int]]
+    ) -> dict[int, str | None]:
+        """Choose a host for each job: one with room whose resources can measure it (any
+        host for a remote device), the least busy first, the daemon's own on a tie."""
+        if not load:  # no agents: everything runs here
+            return {job["id"]: None for job in jobs[: max(0, free[None])]}
+        busy = {None: self.config.max_jobs - free[None], **{n: r for n, (r, _) in load.items()}}
+        kinds: dict[str | None, set[str]] = {}
+        for res in self.registry.resources().values():
+            kinds.setdefault(res.host, set()).add(res.device_kind)
+        placed: dict[int, str | None] = {}
+        for job in jobs:
+            kind = job["device_kind"]
+            fits = [
+                host
+                for host, room in free.items()
+                if room > 0
+                and (host is not None or self.config.local_jobs)
+                and (kind is None or kind.startswith("remote:") or kind in kinds.get(host, ()))
+            ]
+            if not fits:
+                continue
+            host = min(fits, key=lambda h: (busy[h], h is not None, h or ""))
+            placed[job["id"]] = host
+            free[host] -= 1
+            busy[host] += 1
+        return placed
 
     def _preload(self, kind: str) -> None:
         """Import what jobs on targets of this TVM kind need, once, before forking."""
@@ -292,129 +333,6 @@ class Daemon:
             preload(kind)
         except Exception:
             traceback.print_exc()
-
-    def _fork(self, batch: list[tuple[int, int]], now: float) -> None:
-        """Fork one runner per (job, attempt) already claimed."""
-        if not batch:
-            return
-        self._check_registry()  # closing a connection checkpoints: never a damaged log
-        # SQLite state must not cross fork (its per-inode lock bookkeeping would be
-        # inherited): close our connection; the next registry call reopens it.
-        self.registry.close()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        forked = []
-        for job_id, attempt in batch:
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the runner
-                code = runner.EXIT_FAILED
-                try:
-                    # its own process group, which its worker processes join: one signal
-                    # suspends, continues or kills the runner with its workers
-                    os.setpgid(0, 0)
-                    os.close(write_fd)  # else we would never see EOF when the daemon dies
-                    self._become_runner(read_fd, job_id)
-                    code = runner.run(
-                        self.db,
-                        job_id,
-                        attempt,
-                        wake_fd=read_fd,
-                        notify_fd=self._wake_w,
-                        heartbeat=self.config.heartbeat,
-                    )
-                except BaseException:
-                    traceback.print_exc()
-                finally:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(code)
-            os.close(read_fd)
-            try:
-                os.setpgid(pid, pid)  # also here: whichever of the two runs first
-            except OSError:
-                pass
-            os.set_blocking(write_fd, False)
-            try:
-                started = psutil.Process(pid).create_time()
-            except psutil.NoSuchProcess:
-                started = 0.0
-            self.runners[job_id] = Runner(job_id, attempt, pid, started, write_fd)
-            forked.append((job_id, attempt, pid, started))
-        self.registry.set_runners(forked, now=now)
-
-    def _become_runner(self, read_fd: int, job_id: int) -> None:
-        """Drop what belongs to the daemon: its signals, lock, pipes and log."""
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        # If the daemon dies while this runner is suspended, its process group is orphaned
-        # and the kernel sends SIGHUP, then SIGCONT: ignored (and so inherited by the
-        # workers), the runner goes on with its stage instead of dying.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        if self.pidfile.fd is not None:
-            os.close(self.pidfile.fd)  # the flock must die with the daemon, not its runners
-        os.close(self._wake_r)
-        for other in self.runners.values():
-            if other.wake_fd is not None:
-                os.close(other.wake_fd)
-        os.umask(0o077)  # what the job writes (tuning database, module) is the user's only
-        runner_log_dir(self.db_path).mkdir(mode=0o700, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        out = os.open(runner_log(self.db_path, job_id), flags, 0o600)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(out)
-
-    def _reap(self, now: float) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            found = next((r for r in self.runners.values() if r.pid == pid), None)
-            if found is not None:
-                self._gone(found, _describe(status), now=now)
-
-    def _check_adopted(self, now: float) -> None:
-        for found in [r for r in self.runners.values() if not r.child]:
-            if not _alive(found.pid, found.started):
-                self._gone(found, "adopted runner exited", now=now)
-
-    def _gone(
-        self, found: Runner, reason: str, *, charge: bool = True, now: float | None = None
-    ) -> None:
-        self.runners.pop(found.job_id, None)
-        if found.wake_fd is not None:
-            os.close(found.wake_fd)
-        self.registry.runner_gone(
-            found.job_id,
-            found.attempt,
-            reason=reason,
-            charge=charge,
-            retry_limit=self.config.retry_limit,
-            now=now,
-        )
-
-    def _kill(self, found: Runner) -> None:
-        """SIGKILL a runner and wait until it is really gone (so its lease can be reused)."""
-        if not _alive(found.pid, found.started):
-            return
-        try:
-            _signal_group(found.pid, signal.SIGKILL)  # with its build workers
-        except ProcessLookupError:
-            return
-        if found.child:
-            try:
-                os.waitpid(found.pid, 0)
-            except ChildProcessError:
-                pass
-            return
-        deadline = time.time() + 5
-        while _alive(found.pid, found.started) and time.time() < deadline:
-            time.sleep(0.01)
 
     def _suspend_holders(self, leases: list[dict]) -> list[int]:
         """SIGSTOP the runners (and their workers) of ``leases``; the epochs now stopped.
@@ -446,19 +364,19 @@ class Daemon:
         for lease in leases:
             _signal_holder(lease, signal.SIGCONT)
 
-    def _kill_silent(self, now: float) -> None:
-        for lease in self.registry.stale_leases(now - self.config.heartbeat_timeout):
-            found = self.runners.get(lease["job_id"])
-            if found is None:
-                found = Runner(
-                    lease["job_id"],
-                    lease["attempt"],
-                    lease["holder_pid"] or 0,
-                    lease["holder_started"] or 0.0,
-                    child=False,
-                )
-            self._kill(found)
-            self._gone(found, f"heartbeat stopped for {now - lease['heartbeat_at']:.1f} s", now=now)
+    def _fence_hosts(self, now: float) -> None:
+        """Fence each agent whose heartbeat (database clock) is older than T: withdraw its
+        resources and requeue its jobs, for other hosts to resume."""
+        for host in self.registry.stale_hosts(self.config.host_timeout):
+            reason = f"host {host['name']} silent for {host['age']:.1f} s"
+            print(f"sched daemon: fencing {reason}", flush=True)
+            for job_id in self.registry.fence_host(host["name"], reason):
+                job = self.registry.job(job_id)
+                if job is not None:
+                    self.registry.runner_gone(
+                        job_id, job["attempt"], reason=reason, charge=False,
+                        retry_limit=self.config.retry_limit, now=now,
+                    )  # fmt: skip
 
     def _probe_devices(self, now: float) -> None:
         """Probe each down remote device whose backoff has passed; mark it up if it answers."""
@@ -472,12 +390,6 @@ class Daemon:
             if reason is None:
                 print(f"remote device {device['name']} answers again", flush=True)
 
-    def _cancel_flagged(self, now: float) -> None:
-        for job in self.registry.running_jobs():
-            if job["cancel_requested"] and job["id"] in self.runners:
-                found = self.runners[job["id"]]
-                self._kill(found)
-                self._gone(found, "cancelled", charge=False, now=now)
 
 
 def _log_fault(exc: Exception, last: str | None) -> str:
@@ -491,25 +403,6 @@ def _log_fault(exc: Exception, last: str | None) -> str:
     return text
 
 
-def _alive(pid: int, started: float | None) -> bool:
-    """Is this exact process (pid plus start time) still alive and not a zombie?"""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if started and abs(proc.create_time() - started) > 0.01:
-            return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal a runner's process group if it leads one (runners do), else the process."""
-    if os.getpgid(pid) == pid:
-        os.killpg(pid, sig)
-    else:
-        os.kill(pid, sig)
 
 
 def _signal_holder(lease: dict, sig: int) -> int | None:
@@ -553,11 +446,6 @@ def _threads_stopped(pid: int) -> bool:
     return True
 
 
-def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"runner killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"runner exited with status {os.waitstatus_to_exitcode(status)}"
-
 
 def main(argv: list[str] | None = None) -> int:
     """Foreground entry point (``python -m sched.daemon``); ``sched start`` calls it."""
@@ -572,10 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preload", action="append", default=[])
     parser.add_argument("--no-preempt", dest="preempt", action="store_false", default=None)
     parser.add_argument("--preempt", dest="preempt", action="store_true")
+    parser.add_argument("--no-local-jobs", dest="local_jobs", action="store_false")
+    parser.add_argument("--host-timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
     db = resolve_db(args.db)
     try:
         check_daemon_limits(args.max_jobs, args.heartbeat, args.heartbeat_timeout)
+        check_seconds("--host-timeout", args.host_timeout, above=0.5)
         daemon = Daemon(db, _config(args))
         daemon.initialize()
     except (AlreadyRunning, ValueError) as exc:  # a RegistryError is a ValueError
@@ -601,6 +492,8 @@ def _config(args: argparse.Namespace) -> DaemonConfig:
         retry_limit=args.retry_limit,
         preload=args.preload,
         preempt=args.preempt,
+        local_jobs=args.local_jobs,
+        host_timeout=args.host_timeout,
     )
 
 

@@ -10,7 +10,7 @@ its ``suspend`` event to its ``resume``, as in ``analysis.resource_intervals``):
   exceed its capacity;
 - ``exclusive-overlap``: two running leases hold one exclusive device;
 - ``distorted-measurement``: under ``interleaved`` and ``predictive``, a measurement (a
-  lease on a ``cpu-device``) runs while a CPU stage of another job runs.
+  lease on a ``cpu-device``) runs while a CPU stage of another job runs on its host.
 
 The first two are checked under every strategy but ``synchronous``, which ignores
 capacities by design. Checking between events, not at timestamps, makes the check exact
@@ -127,13 +127,14 @@ def _capacity(
 def _measurements(
     running: dict[int, _Lease], resources: dict[str, Resource], event: dict[str, Any]
 ) -> list[Violation]:
-    pools = {n for n, r in resources.items() if r.kind is ResourceKind.CPU}
     devices = {n for n, r in resources.items() if r.kind is ResourceKind.CPU_DEVICE}
     out = []
     for epoch, lease in running.items():
         device = next((n for n in lease.resources if n in devices), None)
         if device is None:
             continue
+        host = resources[device].host  # only that host's cpu stages distort it
+        pools = {n for n, r in resources.items() if r.kind is ResourceKind.CPU and r.host == host}
         others = sorted(
             e
             for e, other in running.items()

@@ -56,6 +56,9 @@ class EventKind(StrEnum):
     DEVICE_UP = "device_up"
     SUSPEND = "suspend"  # a CPU stage paused (SIGSTOP) while a CPU target is measured
     RESUME = "resume"
+    HOST_UP = "host_up"  # an agent registered its host
+    HOST_FENCED = "host_fenced"  # an agent's heartbeat stopped: its jobs were requeued
+    HOST_DOWN = "host_down"  # an agent stopped
 
 
 class ResourceKind(StrEnum):
@@ -81,6 +84,7 @@ class Resource:
     group: str | None = None
     rpc: dict[str, Any] | None = field(default=None, hash=False, compare=False)
     down: str | None = None
+    host: str | None = None  # the agent's host it belongs to; None: the daemon's own
 
     @property
     def device_kind(self) -> str:
@@ -110,6 +114,7 @@ class Pending:
     priority: int = 0
     device_kind: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    host: str | None = None  # where the job runs (an agent's name); None: the daemon's host
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,11 @@ def pid_file(db: Locator) -> Path:
     return _beside(db, ".pid")
 
 
+def agent_pid_file(db: Locator, name: str) -> Path:
+    """The pid file of this host's agent ``name`` for ``db``."""
+    return _beside(db, f".agent-{name}.pid")
+
+
 def log_file(db: Locator) -> Path:
     return _beside(db, ".log")
 

@@ -71,8 +71,9 @@ def sla_text(sla: dict[str, Any] | None) -> str:
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(title="jobs", title_justify="left")
     with_sla = any(job.get("sla") for job in jobs)
+    with_host = any(job.get("host") for job in jobs)
     columns = ["id", "name", "state", "stage", "reason", "progress", "model ms", "retries"]
-    for column in columns + (["sla"] if with_sla else []):
+    for column in columns + (["sla"] if with_sla else []) + (["host"] if with_host else []):
         table.add_column(column, overflow="fold")
     for job in jobs:
         reason = job.get("wait_reason") or job.get("error") or ""
@@ -87,6 +88,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
             str(job["retries"]),
         ]
         row += [sla_text(job.get("sla"))] if with_sla else []
+        row += [job.get("host") or "(daemon)"] if with_host else []
         table.add_row(*map(plain, row))
     return table
 
@@ -139,7 +141,17 @@ def status_view(report: dict[str, Any]) -> Group:
         cells = (res["name"], kind, res["capacity"], held or "idle", f"{res['busy']:.0%}")
         resources.add_row(*map(plain, cells))
     counts = ", ".join(f"{n} {s}" for s, n in report["counts"].items() if n)
-    return Group(head, resources, jobs_table(report["jobs"]), counts or "no jobs")
+    parts: list[Any] = [head, resources]
+    if report.get("hosts"):
+        hosts = Table(title="agents' hosts", title_justify="left")
+        for column in ("name", "state", "pid", "last heartbeat"):
+            hosts.add_column(column)
+        for host in report["hosts"]:
+            state = host["state"] + (f": {host['reason']}" if host.get("reason") else "")
+            beat = f"{host['heartbeat_age_s']:.1f} s ago"
+            hosts.add_row(*map(plain, (host["name"], state, str(host["pid"]), beat)))
+        parts.append(hosts)
+    return Group(*parts, jobs_table(report["jobs"]), counts or "no jobs")
 
 
 def events_table(events: list[dict[str, Any]]) -> Table:

@@ -60,6 +60,11 @@ def status(registry: Registry, *, now: float | None = None) -> dict[str, Any]:
             }
             for r in resources.values()
         ],
+        "hosts": [
+            {"name": h["name"], "state": h["state"], "pid": h["pid"], "max_jobs": h["max_jobs"],
+             "heartbeat_age_s": h["age"], "reason": h["reason"]}
+            for h in registry.hosts()
+        ],  # fmt: skip
         "jobs": [job_summary(j) for j in active + finished],
         "counts": {s.value: sum(1 for j in jobs if j["state"] is s) for s in JobState},
     }
@@ -83,6 +88,7 @@ def job_summary(job: dict[str, Any]) -> dict[str, Any]:
         "retries": job["retries"],
         "error": job["error"],
         "device_kind": job["device_kind"],
+        "host": job.get("host"),  # the agent's host it runs on; None: the daemon's
         "parent_id": job.get("parent_id"),
         "sla": sla_summary(job, spec),
     }

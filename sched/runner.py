@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import threading
 import time
 import traceback
@@ -46,15 +47,26 @@ class Heartbeat(threading.Thread):
         try:
             self.registry.start_stage(self.epoch, now=self.started)
         except Fenced:
+            self._lost()
             return
         except Exception:
             pass  # the heartbeat below still keeps the lease alive
         while not self.stopped.wait(self.interval):
             try:
                 if not self.registry.heartbeat(self.epoch):
+                    self._lost()
                     return
             except Exception:  # a missed beat is retried; the daemon judges staleness
                 continue
+
+    def _lost(self) -> None:
+        """The lease was taken back while the stage runs (the daemon reclaimed it, or
+        fenced this host): stop using what it held now, workers included, rather than
+        when the stage ends. Only a forked runner, which leads its process group, does."""
+        if self.stopped.is_set() or os.getpgid(0) != os.getpid():
+            return
+        print(f"runner {os.getpid()}: lease {self.epoch} was taken back; stopping", flush=True)
+        os.killpg(0, signal.SIGKILL)
 
     def stop(self) -> None:
         self.stopped.set()

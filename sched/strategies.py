@@ -8,7 +8,9 @@ Placement rules shared by all strategies (``place``):
 - ``cpu: n`` takes n slots of the cpu pool (clamped to its capacity);
 - ``device: 1`` takes one free exclusive device of the job's device kind;
 - a stage on a ``cpu-device`` also claims every cpu slot, so no other job's CPU work
-  runs while a CPU target is measured (it would distort the timings).
+  runs while a CPU target is measured (it would distort the timings);
+- a job placed on an agent's host (``Pending.host``) uses only that host's pool and
+  local devices (``cpu@box-a``, ``cpu-device@box-a``); remote RPC devices serve any host.
 
 Preemption (``preemption``): when such a stage waits only for other jobs' stages of
 ``PREEMPTIBLE_KINDS`` (search, build, compile), the controlled strategies grant it at
@@ -87,12 +89,20 @@ class Decision:
     suspend: dict[int, list[int]] = field(default_factory=dict)  # request id -> epochs to pause
 
 
-def _matches(resource: Resource, device_kind: str | None) -> bool:
+def _matches(resource: Resource, device_kind: str | None, host: str | None = None) -> bool:
     if resource.kind is ResourceKind.REMOTE:  # only for jobs that ask for its kind
-        return resource.device_kind == device_kind
-    if resource.kind not in DEVICE_KINDS:
-        return False
+        return resource.device_kind == device_kind  # on any host
+    if resource.kind not in DEVICE_KINDS or resource.host != host:
+        return False  # a local device measures only the jobs on its own host
     return device_kind is None or resource.kind.value == device_kind
+
+
+def cpu_pool(snap: Snapshot, host: str | None) -> Resource | None:
+    """The cpu pool of ``host`` (an agent's name; None: the daemon's own host)."""
+    return next(
+        (r for r in snap.resources.values() if r.kind is ResourceKind.CPU and r.host == host),
+        None,
+    )
 
 
 def stage_device_kind(p: Pending) -> str | None:
@@ -110,7 +120,7 @@ def wanted(
     blocked: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[dict[str, int] | None, str]:
     """Concrete resources for ``p``; with ``check``, only if free now (else None and why)."""
-    pool = next((r for r in snap.resources.values() if r.kind is ResourceKind.CPU), None)
+    pool = cpu_pool(snap, p.host)
     want: dict[str, int] = {}
     cpus = p.needs.get("cpu", 0)
     if cpus:
@@ -119,7 +129,7 @@ def wanted(
         want[pool.name] = min(cpus, pool.capacity)
     if p.needs.get("device", 0):
         device_kind = stage_device_kind(p)
-        candidates = [r for r in snap.resources.values() if _matches(r, device_kind)]
+        candidates = [r for r in snap.resources.values() if _matches(r, device_kind, p.host)]
         if not candidates:
             kind = device_kind or "measurement"
             how = "sched device add" if kind.startswith("remote:") else "--resource"
@@ -166,9 +176,9 @@ def preemption(
     reserved, and every running holder of the pool must be a preemptible stage of
     another job (a stage that holds a device, even a GPU, is never paused mid-timing).
     """
-    if not snap.preempt or not p.needs.get("device"):
-        return None
-    pool = next((r for r in snap.resources.values() if r.kind is ResourceKind.CPU), None)
+    if not snap.preempt or not p.needs.get("device") or p.host is not None:
+        return None  # the daemon suspends only its own host's runners (agents: not yet)
+    pool = cpu_pool(snap, None)
     if pool is None:
         return None
     lent = lending(snap.leases)

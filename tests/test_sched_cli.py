@@ -26,7 +26,7 @@ def run(capsys, *args):
 
 def test_every_command_has_help(capsys):
     assert set(COMMANDS) == {
-        "start", "stop", "status", "jobs", "submit", "cancel", "logs", "result", "timeline",
+        "start", "agent", "stop", "status", "jobs", "submit", "cancel", "logs", "result", "timeline",
         "strategy",
     }  # fmt: skip
     for command in COMMANDS:

@@ -27,6 +27,7 @@ COMMANDS = {
     "strategy": ["strategy"],
     "strategy set": ["strategy", "sequential"],
     "start": ["start"],
+    "agent": ["agent", "--name", "box-a"],
     "device add": ["device", "add", "box-a", "--server", "127.0.0.1:9090"],
     "device list": ["device", "list"],
     "device remove": ["device", "remove", "box-a"],

@@ -15,6 +15,7 @@ of ``sched``.  Rules it keeps (on PostgreSQL, advisory locks stand for the flock
 from .base import BUSY_TIMEOUT_S, RegistryBase
 from .devices import DevicesMixin
 from .health import RegistryError
+from .hosts import HostsMixin
 from .jobs import JobsMixin
 from .schema import MIGRATIONS
 from .stages import StagesMixin
@@ -22,5 +23,5 @@ from .stages import StagesMixin
 __all__ = ["BUSY_TIMEOUT_S", "MIGRATIONS", "Registry", "RegistryError"]
 
 
-class Registry(JobsMixin, StagesMixin, DevicesMixin, RegistryBase):
+class Registry(JobsMixin, StagesMixin, DevicesMixin, HostsMixin, RegistryBase):
     """All persistent state of one scheduler: one SQLite file or PostgreSQL database."""

@@ -30,7 +30,7 @@ Connection = Any  # a sqlite3.Connection or a postgres.PgConnection: the same ca
 _JOB_COLUMNS = (
     "id, name, kind, spec, priority, device_kind, state, submitted_at, started_at, "
     "finished_at, stage, wait_reason, progress, best_latency_ms, result, error, retries, "
-    "attempt, stages_done, runner_pid, runner_started, cancel_requested, parent_id"
+    "attempt, stages_done, runner_pid, runner_started, cancel_requested, parent_id, host"
 )
 
 
@@ -184,17 +184,25 @@ class RegistryBase:
             self._event(conn, now, kind, detail={"pid": pid or os.getpid()})
 
     def replace_resources(self, resources: list[Resource]) -> None:
-        """Replace the local resources; remote devices (``sched device``) are kept."""
+        """Replace the daemon's own host's resources; remote devices (``sched device``)
+        and agents' resources (``register_host``) are kept."""
         with self._write() as conn:
-            conn.execute("DELETE FROM resources WHERE kind != ?", (ResourceKind.REMOTE.value,))
-            conn.executemany(
-                "INSERT INTO resources (name, kind, capacity, exclusive) VALUES (?, ?, ?, ?)",
-                [(r.name, r.kind.value, r.capacity, int(r.exclusive)) for r in resources],
+            conn.execute(
+                "DELETE FROM resources WHERE kind != ? AND host IS NULL",
+                (ResourceKind.REMOTE.value,),
             )
+            self._insert_resources(conn, resources)
+
+    @staticmethod
+    def _insert_resources(conn, resources: list[Resource]) -> None:
+        conn.executemany(
+            "INSERT INTO resources (name, kind, capacity, exclusive, host) VALUES (?, ?, ?, ?, ?)",
+            [(r.name, r.kind.value, r.capacity, int(r.exclusive), r.host) for r in resources],
+        )
 
     def resources(self) -> dict[str, Resource]:
         rows = self.conn.execute(
-            "SELECT name, kind, capacity, exclusive, device_group, rpc, down_reason"
+            "SELECT name, kind, capacity, exclusive, device_group, rpc, down_reason, host"
             " FROM resources ORDER BY rowid"
         )
         return {
@@ -206,6 +214,7 @@ class RegistryBase:
                 group=r[4],
                 rpc=json.loads(r[5]) if r[5] else None,
                 down=r[6],
+                host=r[7],
             )
             for r in rows
         }

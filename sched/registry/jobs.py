@@ -17,6 +17,7 @@ from ..models import (
 from ..paths import jobs_dir, runner_log_dir, used_job_paths
 from .base import _JOB_COLUMNS, Connection, RegistryBase, _dumps, _job_dict, retried
 from .health import RegistryError
+from .stages import WAKE_CHANNEL
 
 _WAITING = "waiting for the daemon to start a runner"
 
@@ -147,10 +148,19 @@ class JobsMixin(RegistryBase):
         )
         return [_job_dict(r) for r in rows]
 
-    def running_jobs(self) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id"
-        )
+    def running_jobs(self, *, host: str | None | bool = True) -> list[dict[str, Any]]:
+        """Running jobs: all of them (``host=True``), or those on one host (an agent's
+        name; None: the daemon's own host)."""
+        if host is True:
+            rows = self.conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id"
+            )
+        else:
+            rows = self.conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'running'"
+                " AND COALESCE(host, '') = ? ORDER BY id",
+                (host or "",),
+            )
         return [_job_dict(r) for r in rows]
 
     def claim_job(self, job_id: int, *, now: float | None = None) -> int:
@@ -160,19 +170,33 @@ class JobsMixin(RegistryBase):
             raise Fenced(f"job {job_id} is no longer queued")
         return attempts[job_id]
 
-    def claim_jobs(self, job_ids: list[int], *, now: float | None = None) -> dict[int, int]:
+    def claim_jobs(
+        self,
+        job_ids: list[int],
+        *,
+        now: float | None = None,
+        hosts: dict[int, str | None] | None = None,
+    ) -> dict[int, int]:
         """``claim_job`` for several jobs in one transaction: {job id: attempt} of those
-        still queued."""
+        still queued. ``hosts`` places jobs on agents (by name; absent or None: the
+        daemon's own host), whose agents then fork their runners."""
         claimed: dict[int, int] = {}
+        hosts = hosts or {}
         with self._write() as conn:
             now = time.time() if now is None else now  # stamped under the write lock
             for job_id in job_ids:
+                host = hosts.get(job_id)
                 row = conn.execute(
                     "UPDATE jobs SET state = 'running', attempt = attempt + 1, runner_pid = NULL,"
-                    " runner_started = NULL, started_at = COALESCE(started_at, ?),"
-                    " wait_reason = 'starting its runner' WHERE id = ? AND state = 'queued'"
+                    " runner_started = NULL, started_at = COALESCE(started_at, ?), host = ?,"
+                    " wait_reason = ? WHERE id = ? AND state = 'queued'"
                     " RETURNING attempt",
-                    (now, job_id),
+                    (
+                        now,
+                        host,
+                        f"starting its runner on {host}" if host else "starting its runner",
+                        job_id,
+                    ),
                 ).fetchone()
                 if row is not None:
                     claimed[job_id] = int(row[0])
@@ -215,6 +239,7 @@ class JobsMixin(RegistryBase):
             ).fetchone()
             self._reclaim(conn, job_id, reason, now)
             self._event(conn, now, EventKind.RUNNER_EXIT, job_id, detail={"reason": reason})
+            self.store.notify(conn, WAKE_CHANNEL)
             state = JobState(row[0])
             if state is not JobState.RUNNING or row[1] != attempt:
                 conn.execute(
@@ -307,3 +332,4 @@ class JobsMixin(RegistryBase):
                 raise Fenced(f"job {job_id} attempt {attempt} is no longer running")
             self._reclaim(conn, job_id, "job finished", now)
             self._event(conn, now, event, job_id, detail={"error": error} if error else None)
+            self.store.notify(conn, WAKE_CHANNEL)

@@ -149,6 +149,7 @@ class PostgresStore:
     """One PostgreSQL database as the registry; a connection per process and thread."""
 
     kind = "postgresql"
+    NOW_SQL = "EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION"  # the server's clock
 
     def __init__(self, url: str, *, timeout: float) -> None:
         self.url = url
@@ -309,6 +310,14 @@ class PostgresStore:
                 else:
                     conn.execute("ROLLBACK")
 
+    def notify(self, conn: PgConnection, channel: str, payload: str = "") -> None:
+        """Wake the listeners of ``channel`` when this transaction commits (not before:
+        PostgreSQL delivers a NOTIFY at commit, and drops it on rollback)."""
+        conn.execute("SELECT pg_notify(?, ?)", (channel, payload))
+
+    def listener(self, channels: Sequence[str]) -> Listener:
+        return Listener(self._open(), channels)
+
     def unblock(self, conn: PgConnection, pids: Iterable[int]) -> int:
         """Clear the gate of the stopped runners ``pids``: cancel their queued waits for
         it and end the session of one that holds it; how many were cleared."""
@@ -330,3 +339,28 @@ class PostgresStore:
 
 def _idle():
     return _psycopg().pq.TransactionStatus.IDLE
+
+
+class Listener:
+    """A session that LISTENs: its socket becomes readable when a notification arrives,
+    so a process can ``select`` on it beside its own pipes."""
+
+    def __init__(self, raw, channels: Sequence[str]) -> None:
+        self.raw = raw
+        for channel in channels:  # names are sched's own ("sched_wake", "sched_grant")
+            raw.execute(f'LISTEN "{channel}"')
+
+    def fileno(self) -> int:
+        return self.raw.pgconn.socket
+
+    def drain(self) -> list[str]:
+        """The payloads received so far, without waiting."""
+        pgconn = self.raw.pgconn
+        pgconn.consume_input()
+        payloads = []
+        while (note := pgconn.notifies()) is not None:
+            payloads.append(note.extra.decode())
+        return payloads
+
+    def close(self) -> None:
+        self.raw.close()

@@ -78,4 +78,20 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE leases ADD COLUMN paused_s REAL NOT NULL DEFAULT 0",
         ],
     ),
+    (
+        "hosts",
+        [
+            # one row per agent (a host that runs jobs' runners): its process, how many
+            # runners it may run, its last heartbeat on the database's clock, and whether
+            # it is up, fenced (its heartbeat stopped: its jobs were requeued) or stopped
+            """CREATE TABLE hosts (
+                name TEXT PRIMARY KEY, pid INTEGER, started REAL,
+                max_jobs INTEGER NOT NULL, registered_at REAL NOT NULL,
+                heartbeat_at REAL NOT NULL, state TEXT NOT NULL, reason TEXT)""",
+            # the host a local resource belongs to, and the host a job is placed on;
+            # NULL: the daemon's own host (a remote RPC device belongs to no host)
+            "ALTER TABLE resources ADD COLUMN host TEXT",
+            "ALTER TABLE jobs ADD COLUMN host TEXT",
+        ],
+    ),
 ]

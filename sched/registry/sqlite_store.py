@@ -31,6 +31,7 @@ class SQLiteStore:
     """One registry file; lock descriptors per process and thread, never reused across fork."""
 
     kind = "sqlite"
+    NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"  # one host: its clock
 
     def __init__(self, path: Path, *, timeout: float) -> None:
         self.path = path
@@ -152,6 +153,12 @@ class SQLiteStore:
         finally:
             if use_gate:
                 fcntl.flock(gate_fd, fcntl.LOCK_UN)
+
+    def notify(self, conn: sqlite3.Connection, channel: str, payload: str = "") -> None:
+        """Nothing: on one host the daemon and its runners wake each other by pipes."""
+
+    def listener(self, channels) -> None:
+        return None
 
     def unblock(self, conn: sqlite3.Connection, pids) -> int:
         """Nothing to clear: a stopped process never acquires a flock."""

@@ -17,6 +17,8 @@ from ..models import (
 )
 from .base import Connection, RegistryBase, _dumps, retried
 
+WAKE_CHANNEL = "sched_wake"  # PostgreSQL: a runner asked for a stage or finished one
+GRANT_CHANNEL = "sched_grant"  # PostgreSQL: stages were granted (payload: job ids)
 GATE_WAIT_S = 2.0  # how long a grant that suspends stages waits for the writers' gate
 # Is the suspender of lease ``l`` (the measurement's request) still holding an active
 # lease? Only then are ``l``'s units lent to it; once it has ended they are ``l``'s again,
@@ -52,6 +54,7 @@ class StagesMixin(RegistryBase):
             (kind, job_id),
         )
         self._event(conn, now, EventKind.REQUEST, job_id, kind, detail={"needs": needs})
+        self.store.notify(conn, WAKE_CHANNEL)  # a daemon on another host hears it at commit
         return int(rid)
 
     @retried
@@ -75,11 +78,13 @@ class StagesMixin(RegistryBase):
     def pending(self) -> list[Pending]:
         rows = self.conn.execute(
             "SELECT r.id, r.job_id, r.kind, r.needs, r.requested_at, j.priority,"
-            " j.device_kind, r.info FROM requests r JOIN jobs j ON j.id = r.job_id"
+            " j.device_kind, r.info, j.host FROM requests r JOIN jobs j ON j.id = r.job_id"
             " WHERE r.state = 'pending' ORDER BY r.id"
         )
         return [
-            Pending(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], json.loads(r[7]))
+            Pending(
+                r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], json.loads(r[7]), r[8]
+            )
             for r in rows
         ]
 
@@ -153,6 +158,8 @@ class StagesMixin(RegistryBase):
                 done.append(grant)
             for job_id, reason in (reasons or {}).items():
                 conn.execute("UPDATE jobs SET wait_reason = ? WHERE id = ?", (reason, job_id))
+            if done:  # agents pass it on to their runners
+                self.store.notify(conn, GRANT_CHANNEL, ",".join(str(g.job_id) for g in done))
         return done
 
     @staticmethod
@@ -405,14 +412,16 @@ class StagesMixin(RegistryBase):
         self._event(conn, now, EventKind.END, job_id, kind, epoch, resources, {"seconds": seconds})
         self._event(conn, now, EventKind.RELEASE, job_id, kind, epoch, resources)
 
-    def stale_leases(self, before: float) -> list[dict[str, Any]]:
-        """Active, running leases of started stages whose heartbeat is older than ``before``."""
+    def stale_leases(self, before: float, *, host: str | None = None) -> list[dict[str, Any]]:
+        """Active, running leases of started stages whose heartbeat is older than ``before``,
+        of jobs on ``host`` (None: the daemon's own host; only its agent may kill them)."""
         rows = self.conn.execute(
             "SELECT l.epoch, l.job_id, j.attempt, l.holder_pid, l.holder_started, l.heartbeat_at"
             " FROM leases l JOIN jobs j ON j.id = l.job_id"
             " WHERE l.state = 'active' AND l.started_at IS NOT NULL AND l.heartbeat_at < ?"
-            " AND l.suspended_for IS NULL",  # a suspended runner cannot beat
-            (before,),
+            " AND l.suspended_for IS NULL"  # a suspended runner cannot beat
+            " AND COALESCE(j.host, '') = ?",
+            (before, host or ""),
         )
         return [dict(r) for r in rows]
 

@@ -1,0 +1,285 @@
+"""``sched agent``: one per host beside the daemon's, running the jobs placed on it.
+
+The agent registers its host and resources (``cpu@NAME``, ``cpu-device@NAME``) in the
+registry, renews its heartbeat there (on the database's clock), forks the runners of the
+jobs the daemon places on it, reaps them and kills the silent ones. It decides nothing:
+the daemon places jobs, grants stages and fences hosts.
+
+Failure model (docs/multihost.md):
+- its runners die with it (``PR_SET_PDEATHSIG``), so a killed agent leaves no runner;
+- the daemon fences an agent whose heartbeat is older than the host timeout T: its
+  resources are withdrawn and its jobs requeued on other hosts (a new attempt fences
+  every later write of the old runners);
+- an agent that cannot renew its heartbeat for T/2 kills its own runners
+  (self-fencing), so that a partitioned runner never keeps a device that the daemon
+  may grant again after T; one that finds itself fenced does the same, then registers
+  again and goes on serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from . import runner
+from .host import Runner, RunnerHost, _signal_group
+from .jobs import preload
+from .limits import HEARTBEAT_S, check_daemon_limits
+from .models import Resource
+from .paths import agent_pid_file, display, ensure_private_dir, local_base, locator, resolve_db
+from .pidfile import PidFile, running_pid
+from .registry import Registry, RegistryError
+from .registry.stages import GRANT_CHANNEL
+from .resources import cpu_count, parse_resource
+
+HOST_TIMEOUT_S = 10.0  # the default T: a host silent this long is fenced
+HOST_TIMEOUT_KEY = "host_timeout"  # the daemon's T, in settings: agents beat at T/4
+
+
+class AgentRunning(RuntimeError):
+    pass
+
+
+@dataclass
+class AgentConfig:
+    name: str
+    resources: list[Resource] = field(default_factory=list)
+    max_jobs: int = 64
+    retry_limit: int = 3
+    heartbeat: float = HEARTBEAT_S  # runners' lease heartbeats
+    heartbeat_timeout: float = 10.0  # a lease silent this long gets its runner killed
+    preload: list[str] = field(default_factory=list)
+
+
+def host_resources(name: str, texts: list[str]) -> list[Resource]:
+    """``--resource`` values as this host's resources, named ``NAME@host``."""
+    found: list[Resource] = []
+    for text in texts or [f"cpu={cpu_count()}"]:
+        found += parse_resource(text)
+    if not any(r.kind.value == "cpu" for r in found):
+        found += parse_resource(f"cpu={cpu_count()}")
+    return [
+        Resource(f"{r.name}@{name}", r.kind, r.capacity, r.exclusive, host=name) for r in found
+    ]
+
+
+class Agent(RunnerHost):
+    die_with_host = True
+
+    def __init__(self, db: str | Path, config: AgentConfig) -> None:
+        self.db = locator(db)
+        self.db_path = local_base(self.db)
+        self.config = config
+        self.host = config.name
+        self.registry = Registry(self.db)
+        self.pidfile = PidFile(agent_pid_file(self.db, config.name))
+        self.runners: dict[int, Runner] = {}
+        self.stopping = False
+        self._wake_r = self._wake_w = -1
+        self.listener = None
+        self.started = 0.0
+        self.timeout = HOST_TIMEOUT_S
+        self._last_beat = 0.0  # monotonic time of the last renewed heartbeat
+        self._last_try = 0.0
+        self._last_housekeeping = 0.0
+        self.fenced_runs = 0  # how often it found itself fenced and registered again
+
+    # -- life cycle ------------------------------------------------------------------
+    def initialize(self) -> None:
+        ensure_private_dir(self.db_path.parent)
+        self.registry.check()
+        if not self.pidfile.acquire():
+            pid = running_pid(self.pidfile.path)
+            raise AgentRunning(
+                f"agent {self.host!r} already runs here for {display(self.db)} (pid {pid})"
+            )
+        self.started = psutil.Process().create_time()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.listener = self.registry.store.listener([GRANT_CHANNEL])  # None on SQLite
+        for kind in self.config.preload:
+            try:
+                preload(kind)
+            except Exception:
+                traceback.print_exc()
+        self._register()
+
+    def _register(self) -> None:
+        stored = self.registry.get_setting(HOST_TIMEOUT_KEY)
+        self.timeout = float(stored) if stored else HOST_TIMEOUT_S
+        self.registry.register_host(
+            self.host, pid=os.getpid(), started=self.started, max_jobs=self.config.max_jobs,
+            resources=self.config.resources, timeout=self.timeout,
+        )  # fmt: skip
+        self._last_beat = time.monotonic()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def _on_stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def _check_registry(self) -> None:
+        """Nothing to check: the daemon watches the registry itself."""
+
+    def run_forever(self) -> int:
+        while not self.stopping:
+            try:
+                self.loop()
+            except Exception:
+                traceback.print_exc()
+                sys.stderr.flush()
+                time.sleep(0.5)
+            self._wait(0.05)
+        self.shutdown()
+        return 0
+
+    def _wait(self, timeout: float) -> None:
+        """Until a runner or signal writes to our pipe, or the daemon's grant is heard,
+        which is passed on at once to the runners it names."""
+        waits = [self._wake_r] + ([self.listener] if self.listener is not None else [])
+        ready, _, _ = select.select(waits, [], [], timeout)
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 65536):
+                    pass
+            except BlockingIOError:
+                pass
+        if self.listener is not None and self.listener in ready:
+            for payload in self.listener.drain():
+                for job_id in payload.split(","):
+                    found = self.runners.get(int(job_id)) if job_id.isdigit() else None
+                    if found is not None and found.wake_fd is not None:
+                        runner.notify(found.wake_fd)
+
+    def loop(self, now: float | None = None) -> None:
+        """One pass: reap, renew the heartbeat (or fence itself), fork what is placed here."""
+        now = time.time() if now is None else now
+        self._reap(now)
+        if not self._renew():
+            return
+        if now - self._last_housekeeping >= 0.25:
+            self._last_housekeeping = now
+            self._kill_silent(now)
+            self._cancel_flagged(now)
+        room = self.config.max_jobs - len(self.runners)
+        if room > 0:
+            placed = [
+                (job["id"], job["attempt"])
+                for job in self.registry.assigned_jobs(self.host)
+                if job["id"] not in self.runners
+            ]
+            self._fork(placed[:room], now)
+
+    def _renew(self) -> bool:
+        """Renew the heartbeat every T/4; False while this host must not run anything."""
+        mono = time.monotonic()
+        if mono - self._last_try < self.timeout / 4:
+            return True
+        self._last_try = mono
+        try:
+            renewed = self.registry.host_heartbeat(self.host, os.getpid())
+        except Exception as exc:  # the database is out of reach
+            if mono - self._last_beat >= self.timeout / 2 and self.runners:
+                self._fence_self(f"no heartbeat renewed for {mono - self._last_beat:.1f} s ({exc})")
+            return False
+        if not renewed:  # the daemon fenced us: our jobs run elsewhere now
+            self._fence_self("the daemon fenced this host")
+            self.fenced_runs += 1
+            self._register()
+            return True
+        self._last_beat = mono
+        return True
+
+    def _fence_self(self, reason: str) -> None:
+        """Kill every runner at once (their reaping records them once the database
+        answers again; the daemon may already have requeued their jobs)."""
+        print(f"sched agent {self.host}: {reason}; killing {len(self.runners)} runner(s)",
+              flush=True)  # fmt: skip
+        for found in self.runners.values():
+            try:
+                _signal_group(found.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def shutdown(self) -> None:
+        """Stop: no more jobs placed here, running ones requeued, resources withdrawn."""
+        try:
+            self.registry.fence_host(self.host, "agent stopped", state="stopped")
+        except Exception:
+            traceback.print_exc()
+        for found in list(self.runners.values()):
+            self._kill(found)
+            self._gone(found, f"agent {self.host} stopped", charge=False)
+        if self._wake_r >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+        self.registry.close()
+        if self.listener is not None:
+            self.listener.close()
+        self.pidfile.release()
+
+
+def main(argv: list[str] | None = None, *, db: str | Path | None = None) -> int:
+    """Foreground entry point (``python -m sched.agent``, the registry from ``--db`` or
+    ``SCHED_DB``); ``sched agent`` calls it with ``db``, never putting a URL in argv."""
+    parser = argparse.ArgumentParser(prog="sched-agent")
+    parser.add_argument("--db")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--resource", action="append", default=[])
+    parser.add_argument("--max-jobs", type=int, default=64)
+    parser.add_argument("--heartbeat-timeout", type=float, default=10.0)
+    parser.add_argument("--retry-limit", type=int, default=3)
+    parser.add_argument("--preload", action="append", default=[])
+    args = parser.parse_args(argv)
+    db = resolve_db(db or args.db)
+    try:
+        check_agent_name(args.name)
+        check_daemon_limits(args.max_jobs, HEARTBEAT_S, args.heartbeat_timeout)
+        config = AgentConfig(
+            name=args.name,
+            resources=host_resources(args.name, args.resource),
+            max_jobs=args.max_jobs,
+            heartbeat_timeout=args.heartbeat_timeout,
+            retry_limit=args.retry_limit,
+            preload=args.preload,
+        )
+        agent = Agent(db, config)
+        agent.initialize()
+    except (AgentRunning, ValueError) as exc:  # a RegistryError is a ValueError
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    agent.install_signals()
+    print(f"sched agent {args.name} ({os.getpid()}) serving {display(db)}", flush=True)
+    return agent.run_forever()
+
+
+def check_agent_name(name: str) -> None:
+    """An agent's name becomes part of resource names (``cpu@NAME``) and file names."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,62}", name or ""):
+        raise ValueError(
+            f"agent name {name!r} must start with a letter and hold only letters, digits, "
+            f"'.', '_' and '-' (at most 63), e.g. --name box-a"
+        )
+
+
+__all__ = ["Agent", "AgentConfig", "RegistryError", "host_resources", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Hosts on one machine: the daemon and three agents (``sched agent``, cpu=1 each) on a
+PostgreSQL registry, running MockJobs; what each host runs, and what survives a killed
+or stopped agent. The failure table in docs/multihost.md names these tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tvmsched import api
+from tvmsched.invariants import check_events
+from tvmsched.models import Pending, Resource, ResourceKind
+from tvmsched.registry import Registry
+from tvmsched.strategies import Interleaved, Snapshot
+
+T = 2.0  # the host timeout the daemon runs with here
+pytestmark = pytest.mark.slow
+
+
+class Cluster:
+    """A daemon that runs no jobs itself and agents named a, b, c."""
+
+    def __init__(self, url: str, tmp_path, names=("a", "b", "c")) -> None:
+        self.url, self.tmp_path = url, tmp_path
+        api.start_daemon(url, resources={"cpu": 2},
+                         extra=["--no-local-jobs", "--host-timeout", str(T)])  # fmt: skip
+        self.agents: dict[str, subprocess.Popen] = {}
+        for name in names:
+            self.start_agent(name)
+        self.registry = Registry(url)
+        deadline = time.monotonic() + 30
+        while len(self.up()) < len(names) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.up()) == len(names), self.registry.hosts()
+        self.resources = self.registry.resources()  # while every host is up
+
+    def start_agent(self, name: str) -> None:
+        log = open(self.tmp_path / f"agent-{name}.log", "a")
+        self.agents[name] = subprocess.Popen(
+            [sys.executable, "-m", "tvmsched.agent", "--name", name,
+             "--resource", "cpu=1", "--resource", "cpu-device=1"],
+            env=dict(os.environ, SCHED_DB=self.url), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def up(self) -> list[str]:
+        return [h["name"] for h in self.registry.hosts() if h["state"] == "up"]
+
+    def log(self, name: str) -> str:
+        return (self.tmp_path / f"agent-{name}.log").read_text()
+
+    def close(self) -> None:
+        for proc in self.agents.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.terminate()
+        for proc in self.agents.values():
+            proc.wait(30)
+        api.stop_daemon(self.url)
+
+
+@pytest.fixture
+def cluster(pg_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    found = Cluster(pg_server.database(), tmp_path)
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+def _grants(registry, job_ids) -> list[dict]:
+    return [e for e in registry.events() if e["kind"] == "grant" and e["job_id"] in job_ids]
+
+
+def _host_of(resources: dict) -> str:
+    return next(name.split("@")[1] for name in resources if "@" in name)
+
+
+def test_the_agents_share_the_jobs_and_no_host_is_oversubscribed(cluster):
+    # searches of different lengths, so hosts do not move in lockstep
+    ids = [api.submit(cluster.url, mock=f"rounds=3,search={0.1 * (i + 1):.1f},build=0.1,"
+                      "measure=0.1,device=cpu") for i in range(6)]  # fmt: skip
+    api.wait(cluster.url, ids, timeout=60, poll=0.1)
+    jobs = {j["id"]: j for j in api.jobs(cluster.url)}
+    assert {jobs[i]["state"] for i in ids} == {"done"}
+    assert {jobs[i]["host"] for i in ids} == {"a", "b", "c"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "tvmsched.cli", "status", "--db", cluster.url],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, COLUMNS="200"),
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "agents' hosts" in shown.stdout and "host" in shown.stdout
+    events = cluster.registry.events()
+    assert check_events(events, cluster.resources, strategy="interleaved") == []
+    for grant in _grants(cluster.registry, set(ids)):  # a job's stages stay on its host
+        assert _host_of(grant["resources"]) == jobs[grant["job_id"]]["host"], grant
+    # a measurement on one host leaves the other hosts' cpu stages running
+    intervals = cluster.registry.stage_intervals()
+    measured = [i for i in intervals if i["stage"] == "measure"]
+    assert any(
+        m["granted"] < other["released"] and other["granted"] < m["released"]
+        and _host_of(other["resources"]) != _host_of(m["resources"])
+        for m in measured for other in intervals if other["stage"] in ("search", "build")
+    ), "no measurement overlapped another host's search"  # fmt: skip
+
+
+def _runner_pids(registry, host) -> dict[int, int]:
+    return {j["id"]: j["runner_pid"] for j in registry.running_jobs(host=host) if j["runner_pid"]}
+
+
+def _wait_running_on(cluster, host, timeout=30.0) -> dict[int, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = _runner_pids(cluster.registry, host)
+        if found and any(lease.job_id in found for lease in cluster.registry.active_leases()):
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"no job of host {host} got a stage")
+
+
+def test_a_killed_agents_jobs_resume_on_another_host_within_T_plus_2_s(cluster):
+    ids = [api.submit(cluster.url, mock="rounds=6,search=0.3,build=0.1,measure=0.1,device=cpu")
+           for _ in range(3)]  # fmt: skip
+    victims = _wait_running_on(cluster, "a")
+    killed = time.time()
+    cluster.agents["a"].kill()
+    cluster.agents["a"].wait()
+    # at once: fencing (>= T - T/4 after the agent's last beat) would kill them later
+    deadline = time.monotonic() + 1.0
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+              for pid in victims.values()) and time.monotonic() < deadline:  # fmt: skip
+        time.sleep(0.02)
+    alive = [pid for pid in victims.values() if psutil.pid_exists(pid)
+             and psutil.Process(pid).status() != "zombie"]  # fmt: skip
+    assert not alive, "runners outlived their agent"
+    api.wait(cluster.url, ids, timeout=90, poll=0.1)
+    jobs = {j["id"]: j for j in api.jobs(cluster.url)}
+    for job_id in victims:
+        assert jobs[job_id]["state"] == "done" and jobs[job_id]["host"] in {"b", "c"}
+        moved = [g["ts"] for g in _grants(cluster.registry, {job_id})
+                 if g["ts"] > killed and _host_of(g["resources"]) != "a"]  # fmt: skip
+        assert moved, f"job {job_id} never resumed elsewhere"
+        assert moved[0] - killed <= T + 2, f"job {job_id} resumed {moved[0] - killed:.1f} s later"
+    hosts = {h["name"]: h for h in cluster.registry.hosts()}
+    assert hosts["a"]["state"] == "fenced"
+    assert not [r for r in cluster.registry.resources() if r.endswith("@a")]
+
+
+def test_a_stopped_agent_is_fenced_its_runners_stop_and_it_rejoins(cluster):
+    # searches long enough that only a taken-back lease can stop them in time
+    ids = [api.submit(cluster.url, mock="rounds=1,search=6,build=0.1,measure=0.1,device=cpu")
+           for _ in range(3)]  # fmt: skip
+    victims = _wait_running_on(cluster, "a")
+    os.kill(cluster.agents["a"].pid, signal.SIGSTOP)
+    deadline = time.monotonic() + T + 5
+    while "a" in cluster.up() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "a" not in cluster.up(), "a stopped agent was never fenced"
+    time.sleep(1.5)  # a runner whose lease was taken back stops at its next heartbeat
+    alive = [pid for pid in victims.values() if psutil.pid_exists(pid)
+             and psutil.Process(pid).status() not in ("zombie",)]  # fmt: skip
+    assert not alive, "a fenced host's runner kept running"
+    os.kill(cluster.agents["a"].pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while "a" not in cluster.up() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "a" in cluster.up(), "the continued agent did not register again"
+    assert "fenced this host" in cluster.log("a")
+    api.wait(cluster.url, ids, timeout=90, poll=0.1)
+    assert {j["state"] for j in api.jobs(cluster.url)} == {"done"}
+    # no exclusive device ever had two holders, and no host's pool was over-granted
+    assert check_events(cluster.registry.events(), cluster.resources, strategy="interleaved") == []
+
+
+def test_a_stage_uses_only_its_own_hosts_pool_and_devices():
+    resources = {
+        r.name: r
+        for r in [
+            Resource("cpu", ResourceKind.CPU, 2, False),
+            Resource("cpu-device", ResourceKind.CPU_DEVICE, 1, True),
+            Resource("cpu@b", ResourceKind.CPU, 1, False, host="b"),
+            Resource("cpu-device@b", ResourceKind.CPU_DEVICE, 1, True, host="b"),
+        ]
+    }
+    search = Pending(1, 1, "search", {"cpu": 1}, 0.0, host="b")
+    measure = Pending(2, 2, "measure", {"device": 1}, 0.0, device_kind="cpu-device", host="b")
+    local = Pending(3, 3, "measure", {"device": 1}, 0.0, device_kind="cpu-device")
+    snap = Snapshot(resources=resources, pending=[search, measure, local], leases=[], now=0.0)
+    decision = Interleaved().decide(snap)
+    granted = {p.request_id: want for p, want in decision.grants}
+    assert granted[1] == {"cpu@b": 1}
+    assert 2 not in granted  # b's measurement needs all of b's pool, which b's search holds
+    assert granted[3] == {"cpu-device": 1, "cpu": 2}  # the daemon's host is unaffected
+
+
+def test_an_agent_with_a_bad_name_is_one_line_and_status_2(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "tvmsched.cli", "agent", "--name", "bad name",
+         "--db", str(tmp_path / "r.db")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("Error: agent name") and len(done.stderr.splitlines()) == 1
