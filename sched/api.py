@@ -97,34 +97,43 @@ def start_daemon(
     resources: dict[str, int] | list[str] | None = None,
     extra: list[str] | None = None,
     ready_timeout: float = 60.0,
+    standby: bool = False,
 ) -> int:
-    """Start a background daemon (its own session, not our child) and wait until it serves."""
+    """Start a background daemon (its own session, not our child) and wait until it
+    serves; a ``standby`` (PostgreSQL) until it stands by for the serving one."""
     db = resolve_db(db_path)
     ensure_private_dir(local_base(db).parent)
+    if standby and not is_url(db):
+        raise DaemonConflict("--standby needs a postgresql:// registry (one daemon lock "
+                             "that every host sees); a SQLite registry has one host")  # fmt: skip
+    extra = [*(extra or []), *(["--standby"] if standby else [])]
     args = daemon_args(db, strategy=strategy, resources=resources, extra=extra)
     env = dict(os.environ, **({"SCHED_DB": db} if is_url(db) else {}))
     registry = Registry(db)
     try:
         registry.check()  # a damaged registry: one line here, not a daemon that dies
         pid = daemon_pid(db)
-        if pid is not None:
+        if pid is not None and not standby:
             raise _already_running(db, pid)
         launched = subprocess.run(
             [sys.executable, "-c", _LAUNCHER, str(log_file(db)), *args],
             capture_output=True, text=True, env=env, check=True,
         )  # fmt: skip
-        return _await_ready(registry, int(launched.stdout.strip()), ready_timeout)
+        return _await_ready(registry, int(launched.stdout.strip()), ready_timeout, standby)
     finally:
         registry.close()
 
 
-def _await_ready(registry: Registry, pid: int, timeout: float) -> int:
-    """Wait until the daemon ``pid`` serves; a daemon that lost the race for the pid file
-    to another one started at the same moment names the winner."""
+def _await_ready(registry: Registry, pid: int, timeout: float, standby: bool = False) -> int:
+    """Wait until the daemon ``pid`` serves (or, a ``standby``, stands by); a daemon that
+    lost the race for the pid file to another one started at the same moment names the
+    winner."""
     db = registry.path
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if registry.get_setting("daemon_pid") == str(pid) and daemon_pid(db) == pid:
+            return pid
+        if standby and (registry.get_setting("standby") or "").startswith(f"{pid}@"):
             return pid
         if not _pid_alive(pid):
             winner = daemon_pid(db)

@@ -128,6 +128,13 @@ def start(
         float,
         typer.Option(help="Seconds of heartbeat silence before an agent's host is fenced."),
     ] = 10.0,
+    standby: Annotated[
+        bool,
+        typer.Option(
+            help="PostgreSQL: stand by for the serving daemon (on any host), and serve as "
+            "soon as it dies."
+        ),
+    ] = False,
     db: Db = None,
 ) -> None:
     """Start the scheduler daemon (one per registry)."""
@@ -142,12 +149,16 @@ def start(
         if foreground:
             from .daemon import main as daemon_main
 
+            extra += ["--standby"] if standby else []
             args = api.daemon_args(
                 resolve_db(db), strategy=strategy, resources=resource, extra=extra
             )[3:]
             raise typer.Exit(daemon_main(args))
-        pid = api.start_daemon(db, strategy=strategy, resources=resource, extra=extra)
-    console.print(plain(f"sched daemon started, pid {pid}, db {display(resolve_db(db))}"))
+        pid = api.start_daemon(
+            db, strategy=strategy, resources=resource, extra=extra, standby=standby
+        )
+    what = "standing by" if standby and api.daemon_pid(db) != pid else "started"
+    console.print(plain(f"sched daemon {what}, pid {pid}, db {display(resolve_db(db))}"))
 
 
 @app.command()

@@ -12,6 +12,7 @@ import argparse
 import os
 import select
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -58,8 +59,10 @@ class DaemonConfig:
     preempt: bool | None = None  # None keeps the stored setting (on unless turned off)
     local_jobs: bool = True  # run jobs on this host too, besides the agents' hosts
     host_timeout: float = 10.0  # T: an agent silent this long is fenced, its jobs requeued
+    standby: bool = False  # PostgreSQL: wait for the serving daemon to die, then serve
 
 
+STANDBY_POLL_S = 0.2  # how often a standby tries the daemon lock
 SPAWN_BATCH = 4  # runners forked per pass (see Daemon._spawn)
 STOP_WAIT_S = 1.0  # how long a suspension waits for a runner's processes to stop
 
@@ -87,6 +90,7 @@ class Daemon(RunnerHost):
         self.stop_deadline: float | None = None
         self._wake_r = self._wake_w = -1
         self.listener = None  # PostgreSQL: the session that hears runners on other hosts
+        self.leader = None  # PostgreSQL: the session holding the daemon lock
         self._preloaded: set[str] = set()
         self._last_housekeeping = 0.0
         self._spawn_pending = False  # queued jobs left for the next pass to fork
@@ -97,6 +101,8 @@ class Daemon(RunnerHost):
     def initialize(self, *, now: float | None = None) -> None:
         now = time.time() if now is None else now
         self.registry.check()  # before the pid lock: a new registry may be created
+        if self.registry.backend == "postgresql":
+            self._lead()  # on any host: one daemon per registry; a standby waits here
         if not self.pidfile.acquire():
             pid = running_pid(self.pidfile.path)
             raise AlreadyRunning(
@@ -128,6 +134,48 @@ class Daemon(RunnerHost):
                 traceback.print_exc()
         self._recover(now)
         self.registry.mark_daemon(os.getpid(), now=now)
+
+    def _lead(self) -> None:
+        """Take the registry's daemon lock (PostgreSQL): at once, or, for a standby, as
+        soon as the serving daemon dies or loses its session."""
+        store = self.registry.store
+        session = store.session()
+        if store.try_daemon_lock(session):
+            self.leader = session
+            return
+        if not self.config.standby:
+            session.close()
+            pid = self.registry.get_setting("daemon_pid") or "?"
+            raise AlreadyRunning(
+                f"a daemon already serves {display(self.db)} (pid {pid}, maybe on another "
+                f"host); stop it first, or start this one as its standby: sched start --standby"
+            )
+        self.registry.set_setting("standby", f"{os.getpid()}@{socket.gethostname()}")
+        print(f"sched daemon {os.getpid()}: standby for {display(self.db)}", flush=True)
+        while True:
+            time.sleep(STANDBY_POLL_S)
+            try:
+                if session.closed:
+                    session = store.session()
+                if store.try_daemon_lock(session):
+                    break
+            except Exception:  # the server is away, or dropped this session: again
+                if not session.closed:
+                    session.close()
+        self.leader = session
+        print(f"sched daemon {os.getpid()}: the daemon lock is ours; taking over", flush=True)
+
+    def _check_leader(self) -> None:
+        """Each housekeeping pass (PostgreSQL): still the one daemon? A session that the
+        server dropped may have let a standby take over: then stop, and let it serve."""
+        store = self.registry.store
+        if self.leader is None or store.holds_daemon_lock(self.leader):
+            return
+        if not self.leader.closed:
+            self.leader.close()
+        self.leader = store.session()
+        if not store.try_daemon_lock(self.leader):
+            raise RegistryLost("the daemon lock passed to another daemon (a standby)")
 
     def install_signals(self) -> None:
         """Handlers only set a flag; the wake-up fd makes the main loop notice at once."""
@@ -218,6 +266,7 @@ class Daemon(RunnerHost):
             self._probe_devices(now)
             self.registry.unblock_suspended(_stopped)
             self._fence_hosts(now)
+            self._check_leader()
         if self.stopping:
             if self.stop_deadline is None:
                 self.stop_deadline = now + self.config.stop_timeout
@@ -249,6 +298,9 @@ class Daemon(RunnerHost):
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+        if self.leader is not None:
+            self.leader.close()  # frees the daemon lock for a standby
+            self.leader = None
         self.pidfile.release()
 
     # -- runners ---------------------------------------------------------------------
@@ -462,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preempt", dest="preempt", action="store_true")
     parser.add_argument("--no-local-jobs", dest="local_jobs", action="store_false")
     parser.add_argument("--host-timeout", type=float, default=10.0)
+    parser.add_argument("--standby", action="store_true")
     args = parser.parse_args(argv)
     db = resolve_db(args.db)
     try:
@@ -494,6 +547,7 @@ def _config(args: argparse.Namespace) -> DaemonConfig:
         preempt=args.preempt,
         local_jobs=args.local_jobs,
         host_timeout=args.host_timeout,
+        standby=args.standby,
     )
 
 

@@ -207,3 +207,33 @@ def test_an_agent_with_a_bad_name_is_one_line_and_status_2(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.startswith("Error: agent name") and len(done.stderr.splitlines()) == 1
+
+
+def test_a_killed_daemons_standby_takes_over(cluster):
+    active = api.daemon_pid(cluster.url)
+    standby = api.start_daemon(
+        cluster.url, resources={"cpu": 2},
+        extra=["--no-local-jobs", "--host-timeout", str(T)], standby=True,
+    )  # fmt: skip
+    assert standby != active and cluster.registry.get_setting("daemon_pid") == str(active)
+    ids = [api.submit(cluster.url, mock="rounds=4,search=0.3,build=0.1,measure=0.1,device=cpu")
+           for _ in range(3)]  # fmt: skip
+    _wait_running_on(cluster, "a")
+    os.kill(active, signal.SIGKILL)
+    killed = time.time()
+    api.wait(cluster.url, ids, timeout=60, poll=0.1)
+    assert {j["state"] for j in api.jobs(cluster.url)} == {"done"}
+    assert cluster.registry.get_setting("daemon_pid") == str(standby)
+    later = [e for e in cluster.registry.events() if e["kind"] == "grant" and e["ts"] > killed]
+    assert later, "nothing was granted after the serving daemon died"
+    assert check_events(cluster.registry.events(), cluster.resources, strategy="interleaved") == []
+
+
+def test_a_second_daemon_without_standby_is_refused(cluster, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "tvmsched.daemon", "--no-local-jobs"],
+        env=dict(os.environ, SCHED_DB=cluster.url, XDG_STATE_HOME=str(tmp_path / "other")),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "a daemon already serves" in done.stderr and "--standby" in done.stderr

@@ -44,6 +44,7 @@ from .schema import MIGRATIONS
 # advisory lock keys (per database): the writers' gate and the write lock
 GATE_KEY = 0x5C4ED_0001
 WRITE_KEY = 0x5C4ED_0002
+DAEMON_KEY = 0x5C4ED_0003  # held by the serving daemon's session: one daemon per registry
 GATE_POLL_S = 0.0005  # the daemon's wait between tries for the gate (gate_ready)
 CONNECT_TIMEOUT_S = 10
 
@@ -309,6 +310,29 @@ class PostgresStore:
                     conn.reopen()
                 else:
                     conn.execute("ROLLBACK")
+
+    def session(self) -> PgConnection:
+        """A session of its own (for the daemon lock, which lasts as long as it)."""
+        return PgConnection(self._open(), self._open)
+
+    def try_daemon_lock(self, session: PgConnection) -> bool:
+        """Take the daemon lock in ``session`` unless another daemon's session holds it.
+        A daemon that dies, or whose session the server drops, frees it for a standby."""
+        return bool(
+            session.execute("SELECT pg_try_advisory_lock(?)", (DAEMON_KEY,)).fetchone()[0]
+        )
+
+    def holds_daemon_lock(self, session: PgConnection) -> bool:
+        """Is ``session`` still open and holding the daemon lock?"""
+        try:
+            row = session.execute(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid = pg_backend_pid() AND classid::bigint = ? AND objid::bigint = ?",
+                (DAEMON_KEY >> 32, DAEMON_KEY & 0xFFFFFFFF),
+            ).fetchone()
+        except _psycopg().Error:
+            return False
+        return row is not None
 
     def notify(self, conn: PgConnection, channel: str, payload: str = "") -> None:
         """Wake the listeners of ``channel`` when this transaction commits (not before:
