@@ -32,9 +32,9 @@ import psutil
 
 from . import runner
 from .host import Runner, RunnerHost, _signal_group
-from .jobs import preload
+from .jobs import preload, target_kind
 from .limits import HEARTBEAT_S, check_daemon_limits
-from .models import Resource
+from .models import JobKind, Resource
 from .paths import agent_pid_file, display, ensure_private_dir, local_base, locator, resolve_db
 from .pidfile import PidFile, running_pid
 from .registry import Registry, RegistryError
@@ -92,6 +92,7 @@ class Agent(RunnerHost):
         self._last_try = 0.0
         self._last_housekeeping = 0.0
         self.fenced_runs = 0  # how often it found itself fenced and registered again
+        self._preloaded: set[str] = set()
 
     # -- life cycle ------------------------------------------------------------------
     def initialize(self) -> None:
@@ -178,11 +179,26 @@ class Agent(RunnerHost):
         room = self.config.max_jobs - len(self.runners)
         if room > 0:
             placed = [
-                (job["id"], job["attempt"])
+                job
                 for job in self.registry.assigned_jobs(self.host)
                 if job["id"] not in self.runners
-            ]
-            self._fork(placed[:room], now)
+            ][:room]
+            for job in placed:  # import what the job needs once, before forking
+                if job["kind"] == JobKind.TVM.value:
+                    self._preload(job["spec"])
+            self._fork([(job["id"], job["attempt"]) for job in placed], now)
+
+    def _preload(self, spec: dict) -> None:
+        try:
+            kind = target_kind(spec)
+        except ValueError:  # a malformed target in an old row: its runner says so
+            return
+        if kind not in self._preloaded:
+            self._preloaded.add(kind)
+            try:
+                preload(kind)
+            except Exception:
+                traceback.print_exc()
 
     def _renew(self) -> bool:
         """Renew the heartbeat every T/4; False while this host must not run anything."""

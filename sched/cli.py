@@ -319,6 +319,13 @@ def submit(
     ] = None,
     option: TuningOption = None,
     split: Split = None,
+    tuning_db: Annotated[
+        str | None,
+        typer.Option(
+            help="The tuning database the job reads and writes: a SQLite file, or a "
+            "postgresql:// URL that every host shares (default: one in the job's folder)."
+        ),
+    ] = None,
     as_json: Json = False,
     db: Db = None,
 ) -> None:
@@ -342,6 +349,7 @@ def submit(
             deadline=deadline,
             options=parse_options(option),
             split=split,
+            tuning_db=tuning_db,
         )
     if as_json:
         emit({"id": job_id})

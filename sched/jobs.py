@@ -29,6 +29,7 @@ from simpletvm.options import (
     option_names,
     parse_duration,
 )
+from simpletvm.pg import is_url
 from simpletvm.spec import JobSpec
 from simpletvm.targets import parse_target
 
@@ -128,6 +129,8 @@ def _absolute(job: JobSpec) -> JobSpec:
     """Paths made absolute: the runner does not run in the submitter's directory."""
 
     def absolute(path: str | None) -> str | None:
+        if is_url(path):  # a shared tuning database on a PostgreSQL server
+            return path
         return str(Path(path).expanduser().resolve()) if path else None
 
     return replace(
@@ -227,8 +230,11 @@ def stage_info(row: dict[str, Any], request: Any) -> dict[str, Any]:
     return info
 
 
-def build_job(row: dict[str, Any], *, db_path: Path) -> Any:
-    """Build the job object inside the runner, after the fork."""
+def build_job(row: dict[str, Any], *, db_path: Path, registry: str | None = None) -> Any:
+    """Build the job object inside the runner, after the fork. ``registry`` names the
+    registry in the records' job tags (default: ``db_path``): for a PostgreSQL registry
+    its URL without the password, the same on every host, so a job resumed on another
+    host counts the records it made on the first."""
     spec = row["spec"]
     if row["kind"] == JobKind.MOCK.value:
         return MockJob(spec["mock"], completed=row["stages_done"])
@@ -246,7 +252,8 @@ def build_job(row: dict[str, Any], *, db_path: Path) -> Any:
         changes["only_tasks"] = range(k, sys.maxsize, parts)  # task index modulo parts
     # records carry the job's tag: a restarted runner resumes its budget from them
     return job.with_options(**changes).tuning_job(
-        job_tag=f"{db_path.resolve()}#job-{row['id']}", db_path=tuning_db, output=output
+        job_tag=f"{registry or db_path.resolve()}#job-{row['id']}", db_path=tuning_db,
+        output=output,
     )
 
 

@@ -189,6 +189,8 @@ def result_table(job: dict[str, Any]) -> Group:
     table.add_column("value", overflow="fold")
     for name, value in _result_rows(result):
         table.add_row(name, plain(value))
+    if job.get("host"):  # its artifact is in the job's folder on that host
+        table.add_row("host", plain(f"{job['host']} (an agent's host)"))
     parts: list[Any] = [table]
     convergence = result.get("convergence") or []
     if convergence:

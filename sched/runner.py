@@ -128,7 +128,8 @@ def run(
         return EXIT_FENCED
     life = _Life(registry, row, Wakeup(wake_fd), notify_fd, heartbeat)
     try:
-        life.run(build_job(row, db_path=local_base(db_path)))
+        tag = registry.location if registry.backend == "postgresql" else None
+        life.run(build_job(row, db_path=local_base(db_path), registry=tag))
         return EXIT_OK
     except Fenced as exc:
         print(f"runner for job {job_id}: fenced: {exc}", flush=True)

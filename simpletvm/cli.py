@@ -43,7 +43,9 @@ def tune(
     sla_ms: Annotated[float | None, typer.Option(help=(
         "Stop as soon as the whole model runs within this many ms (measured every few "
         "rounds, and first before any trial: the database may meet it already)."))] = None,
-    db: Annotated[Path | None, typer.Option(help="SQLite tuning database (shared).")] = None,
+    db: Annotated[str | None, typer.Option(help=(
+        "Tuning database (shared): a SQLite file, or a postgresql:// URL that many hosts "
+        "share (the [postgres] extra; the password in ~/.pgpass, not the URL)."))] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o",
                                                 help="Export the tuned module here (.so).")] = None,
     input_shape: ShapeOpt = None,
@@ -235,7 +237,8 @@ def inspect(
 @app.command()
 def compare(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
-    db: Annotated[Path, typer.Option(help="Tuning database to build from.")],
+    db: Annotated[str, typer.Option(help=(
+        "Tuning database to build from: a file or a postgresql:// URL."))],
     target: TargetOpt = "llvm",
     input_shape: ShapeOpt = None,
     conv_layout: Annotated[str, typer.Option(help=(
@@ -247,11 +250,10 @@ def compare(
     """Build MODEL from the database alone and compare with untuned TVM and onnxruntime."""
 
     def body() -> None:
+        from .database import open_existing
         from .engine import TuningJob
 
-        if not db.exists():
-            raise UserInputError(f"tuning database '{db}' does not exist; "
-                                 "tune first with `simpletvm tune --db`")
+        open_existing(db).close()
         options = TuningOptions(trials=0, conv_layout=normal_conv_layout(conv_layout),
                                 winograd=winograd.lower())
         job = TuningJob.from_model(model, target=target, options=options,
@@ -316,7 +318,7 @@ def sample(
 
 @db_app.command("stats")
 def db_stats(
-    db: Annotated[Path, typer.Option(help="Tuning database.")],
+    db: Annotated[str, typer.Option(help="Tuning database: a file or a postgresql:// URL.")],
     json_out: JsonOpt = False,
 ) -> None:
     """Workloads, record counts and best latencies in a tuning database, and the
@@ -324,13 +326,15 @@ def db_stats(
 
     def body() -> None:
         from .database import database_stats, shared_model_stats
+        from .pg import is_url, redact
 
         rows = database_stats(db)
         models = shared_model_stats(db)
+        shown = redact(db) if is_url(db) else str(db)
         if json_out:
-            render.print_json({"db": str(db), "workloads": rows, "shared_models": models})
+            render.print_json({"db": shown, "workloads": rows, "shared_models": models})
             return
-        render.console.print(render.rows_table(f"{db}", rows,
+        render.console.print(render.rows_table(shown, rows,
                                                ["workload", "task", "target", "records",
                                                 "best_ms"]))
         render.console.print(render.rows_table(
@@ -343,7 +347,7 @@ def db_stats(
 
 @db_app.command("train")
 def db_train(
-    db: Annotated[Path, typer.Option(help="Tuning database.")],
+    db: Annotated[str, typer.Option(help="Tuning database: a file or a postgresql:// URL.")],
     target: TargetOpt = "llvm",
     threads: Annotated[int | None, typer.Option(help="Training threads (default: all).")] = None,
     json_out: JsonOpt = False,

@@ -158,7 +158,8 @@ def model_stats(conn) -> list[dict]:
         "SELECT f.target, COUNT(f.id), m.trained_on, m.last_feature_id, "
         "LENGTH(m.booster), m.train_seconds, m.trained_at "
         "FROM cost_features f LEFT JOIN cost_models m ON m.target = f.target "
-        "GROUP BY f.target ORDER BY f.target").fetchall()
+        "GROUP BY f.target, m.trained_on, m.last_feature_id, m.booster, m.train_seconds, "
+        "m.trained_at ORDER BY f.target").fetchall()
     out = []
     for target, features, trained_on, last, size, seconds, when in rows:
         pending = conn.execute("SELECT COUNT(*) FROM cost_features WHERE target = ? AND id > ?",

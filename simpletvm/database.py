@@ -25,6 +25,7 @@ from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
 
 from . import sqlite
 from .errors import UserInputError
+from .pg import CompatConnection, is_url, redact
 from .transfer import structure_key
 
 FAILED_RUN_SECS = 1e10  # what MetaSchedule stores for a candidate that failed
@@ -85,8 +86,21 @@ _SHARED_SCHEMA = [
 ]
 
 
+MIGRATIONS = [("0001_tuning_schema", _SCHEMA), ("0002_shared_model", _SHARED_SCHEMA)]
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (creating 0600 if new) the tuning database with WAL and a busy timeout."""
+    """Open the tuning database: a SQLite file (created 0600 if new) with WAL and a busy
+    timeout, or a ``postgresql://`` URL (``pg.CompatConnection``: the same statements);
+    the schema is migrated either way."""
+    if is_url(path):
+        try:
+            conn = CompatConnection(path, timeout=30.0)
+            sqlite.migrate(conn, MIGRATIONS)
+        except sqlite3.Error as exc:
+            raise UserInputError(f"cannot open tuning database {redact(path)}: {exc}; check "
+                                 "that the server runs and the URL is right") from None
+        return conn
     path = Path(path)
     try:
         conn = sqlite.connect(path, timeout=30.0)
@@ -100,8 +114,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
 def _set_up(conn: sqlite3.Connection) -> None:
     """WAL mode and the schema (``simpletvm.sqlite``)."""
     sqlite.use_wal(conn)
-    sqlite.migrate(conn, [("0001_tuning_schema", _SCHEMA),
-                          ("0002_shared_model", _SHARED_SCHEMA)])
+    sqlite.migrate(conn, MIGRATIONS)
 
 
 def record_json(record: TuningRecord):
@@ -144,11 +157,14 @@ def _mean(run_secs) -> float:
 # A record whose trace has no instruction schedules nothing: TVM's own databases skip it
 # (Relax would mark the function scheduled while no schedule was applied).
 _HAS_TRACE = "json_array_length(record_json, '$[0][0]') > 0"
+_HAS_TRACE_PG = "json_array_length((record_json::json)->0->0) > 0"  # the same, PostgreSQL's
 
 
 @derived_object
 class SQLiteDatabase(PyDatabase):
-    """See the module docstring. ``target_key`` restricts reads to one target."""
+    """See the module docstring. ``target_key`` restricts reads to one target. ``path``
+    may be a ``postgresql://`` URL: the same class is then the PostgreSQL twin, with the
+    same statements (``pg.CompatConnection``), which many hosts can share."""
 
     def __init__(self, path: str | Path, *, target_key: str | None = None,
                  job_tag: str | None = None) -> None:
@@ -161,6 +177,7 @@ class SQLiteDatabase(PyDatabase):
         # shash -> [(IRModule, Workload, id)]: avoids re-parsing workloads on every query
         self._workloads: dict[str, list[tuple[IRModule, Workload, int]]] = {}
         self._ids: dict[int, Workload] = {}
+        self._has_trace = _HAS_TRACE_PG if is_url(self.path) else _HAS_TRACE
         self.conn()
 
     # -- connection, tied to the pid so a forked child never reuses its parent's
@@ -207,15 +224,15 @@ class SQLiteDatabase(PyDatabase):
                 if tvm_ffi.structural_equal(tvm.ir.load_json(mod_json), mod):
                     conn.execute("COMMIT")
                     return self._remember(shash, mod, wid)
-            cur = conn.execute(
+            (wid,) = conn.execute(
                 "INSERT INTO workloads (shash, mod_json, structure, created) "
-                "VALUES (?, ?, ?, ?)",
-                (shash, tvm.ir.save_json(mod), structure_key(mod), time.time()))
+                "VALUES (?, ?, ?, ?) RETURNING id",
+                (shash, tvm.ir.save_json(mod), structure_key(mod), time.time())).fetchone()
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return self._remember(shash, mod, cur.lastrowid)
+        return self._remember(shash, mod, wid)
 
     def _remember(self, shash: str, mod: IRModule, wid: int) -> Workload:
         workload = Workload(mod)
@@ -270,11 +287,11 @@ class SQLiteDatabase(PyDatabase):
         if found is None or top_k <= 0:
             return []
         if self.target_key is None:
-            return self._records(f"WHERE workload_id = ? AND mean_secs < ? AND {_HAS_TRACE} "
+            return self._records(f"WHERE workload_id = ? AND mean_secs < ? AND {self._has_trace} "
                                  "ORDER BY mean_secs, id LIMIT ?",
                                  (found[1], FAILED_RUN_SECS, int(top_k)))
         return self._records("WHERE workload_id = ? AND target = ? AND mean_secs < ? "
-                             f"AND {_HAS_TRACE} ORDER BY mean_secs, id LIMIT ?",
+                             f"AND {self._has_trace} ORDER BY mean_secs, id LIMIT ?",
                              (found[1], self.target_key, FAILED_RUN_SECS, int(top_k)))
 
     def get_all_tuning_records(self) -> list[TuningRecord]:
@@ -333,9 +350,10 @@ class SQLiteDatabase(PyDatabase):
         wid = self._workload_id(Workload(mod))
         conn = self.conn()
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT OR REPLACE INTO defaults (workload_id, target, mean_secs, created) "
-                     "VALUES (?, ?, ?, ?)", (wid, self.target_key or "", float(seconds),
-                                             time.time()))
+        conn.execute("INSERT INTO defaults (workload_id, target, mean_secs, created) "
+                     "VALUES (?, ?, ?, ?) ON CONFLICT (workload_id, target) DO UPDATE SET "
+                     "mean_secs = excluded.mean_secs, created = excluded.created",
+                     (wid, self.target_key or "", float(seconds), time.time()))
         conn.execute("COMMIT")
 
     def default_seconds(self, mod: IRModule) -> float | None:
@@ -385,6 +403,8 @@ class SQLiteDatabase(PyDatabase):
 
 
 def open_existing(path: str | Path) -> sqlite3.Connection:
+    if is_url(path):
+        return connect(path)
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"tuning database '{path}' does not exist; "
@@ -410,10 +430,10 @@ def database_stats(path: str | Path) -> list[dict]:
     """Per workload and target: record count and best latency, for `simpletvm db stats`."""
     conn = open_existing(path)
     rows = conn.execute(
-        "SELECT w.id, COALESCE(w.task_name, '?'), r.target, COUNT(r.id), "
+        "SELECT w.id, COALESCE(w.task_name, ?), r.target, COUNT(r.id), "
         "MIN(CASE WHEN r.mean_secs < ? THEN r.mean_secs END) "
         "FROM workloads w LEFT JOIN records r ON r.workload_id = w.id "
-        "GROUP BY w.id, r.target ORDER BY w.id", (FAILED_RUN_SECS,)).fetchall()
+        "GROUP BY w.id, r.target ORDER BY w.id", ("?", FAILED_RUN_SECS)).fetchall()
     conn.close()
     out = []
     for wid, name, target, count, best in rows:

@@ -22,6 +22,7 @@ from .coverage import coverage_context, default_candidate, ranked_samples
 from .intrin import load_intrinsics
 from .intrin import preload as _preload
 from .options import TuningOptions, conv_layout_for
+from .pg import is_url
 from .plan import TuningPlan, default_trials, make_plan
 from .remote import (
     DeviceUnavailable,
@@ -136,7 +137,8 @@ class TuningJob:
         spec = resolve_target(target)
         options = (options or TuningOptions()).validate()
         if db_path:
-            check_writable(db_path, "tuning database")
+            if not is_url(str(db_path)):  # a postgresql:// URL: the server checks
+                check_writable(db_path, "tuning database")
             connect(db_path).close()
         if output:
             check_writable(output, "output")

@@ -237,3 +237,43 @@ def test_a_second_daemon_without_standby_is_refused(cluster, tmp_path):
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "a daemon already serves" in done.stderr and "--standby" in done.stderr
+
+
+def test_a_tuning_job_killed_with_its_agent_finishes_on_another_from_the_shared_database(
+    pg_server, tmp_path, monkeypatch
+):
+    """A real TVM job (the tiny sample) whose tuning database is a PostgreSQL database:
+    it tunes on agent a, a is killed, and it finishes on b, counting the records it made
+    on a (its budget is not spent again) and reading them back for the build."""
+    from simpletvm.database import connect
+    from simpletvm.samples import write_sample
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    cluster = Cluster(pg_server.database(), tmp_path, names=("a",))  # the job starts on a
+    tuning_db = pg_server.database()
+    try:
+        model = write_sample("tiny", tmp_path / "tiny.onnx")
+        job_id = api.submit(cluster.url, model=str(model), trials=24, per_round=8,
+                            baselines=False, tuning_db=tuning_db)  # fmt: skip
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # until a has measured some candidates
+            job = cluster.registry.job(job_id)
+            if job["host"] == "a" and (job["progress"] or {}).get("trials_done", 0) >= 8:
+                break
+            time.sleep(0.2)
+        assert job["host"] == "a" and job["progress"]["trials_done"] >= 8, job["progress"]
+        cluster.start_agent("b")
+        deadline = time.monotonic() + 30
+        while "b" not in cluster.up() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster.agents["a"].kill()
+        done_on_a = connect(tuning_db).execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        api.wait(cluster.url, [job_id], timeout=300, poll=0.2)
+        job = cluster.registry.job(job_id)
+        assert job["state"].value == "done", job["error"]
+        assert job["host"] == "b"
+        records = connect(tuning_db).execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        assert done_on_a >= 8 and records <= 24 + 8, (done_on_a, records)  # not started over
+        assert job["result"]["tuned_ms"] is not None
+    finally:
+        cluster.close()

@@ -9,6 +9,7 @@ are requeued with a new attempt, which fences every later write of its runners.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..models import EventKind, Resource
@@ -124,8 +125,11 @@ class HostsMixin(RegistryBase):
     def assigned_jobs(self, host: str) -> list[dict[str, Any]]:
         """Running jobs placed on ``host`` whose runner its agent has not forked yet."""
         rows = self.conn.execute(
-            "SELECT id, attempt FROM jobs WHERE state = 'running' AND host = ?"
+            "SELECT id, attempt, kind, spec FROM jobs WHERE state = 'running' AND host = ?"
             " AND runner_pid IS NULL ORDER BY id",
             (host,),
         )
-        return [{"id": int(r[0]), "attempt": int(r[1])} for r in rows]
+        return [
+            {"id": int(r[0]), "attempt": int(r[1]), "kind": r[2], "spec": json.loads(r[3])}
+            for r in rows
+        ]
