@@ -26,8 +26,8 @@ def run(capsys, *args):
 
 def test_every_command_has_help(capsys):
     assert set(COMMANDS) == {
-        "start", "agent", "stop", "status", "jobs", "submit", "cancel", "logs", "result", "timeline",
-        "strategy",
+        "start", "agent", "stop", "status", "jobs", "submit", "cancel", "logs", "result",
+        "timeline", "strategy",
     }  # fmt: skip
     for command in COMMANDS:
         code, out, _ = run(capsys, command, "--help")
