@@ -96,6 +96,15 @@ def connect(path: str | Path) -> sqlite3.Connection:
     if is_url(path):
         try:
             conn = CompatConnection(path, timeout=30.0)
+            tables = {r[0] for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = current_schema()")}
+            if tables and "workloads" not in tables:
+                conn.close()
+                raise UserInputError(
+                    f"{redact(path)} holds another program's tables (a sched registry?), "
+                    "not a tuning database; give the tuning database a database of its own "
+                    "(createdb tuning)")
             sqlite.migrate(conn, MIGRATIONS)
         except sqlite3.Error as exc:
             raise UserInputError(f"cannot open tuning database {redact(path)}: {exc}; check "

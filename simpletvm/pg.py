@@ -36,6 +36,16 @@ def is_url(location: object) -> bool:
     return isinstance(location, str) and location.startswith(URL_PREFIXES)
 
 
+def has_password(url: str) -> bool:
+    """Does the URL carry a password (``user:secret@host``, or ``password=`` in its query)?"""
+    from urllib.parse import parse_qs, urlsplit
+
+    if not is_url(url):
+        return False
+    parts = urlsplit(url)
+    return bool(parts.password) or "password" in parse_qs(parts.query)
+
+
 def redact(url: str) -> str:
     """The URL with its password, if any, replaced by ``***``."""
     return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)

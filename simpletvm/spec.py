@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import UserInputError
 from .options import TuningOptions
+from .pg import has_password, redact
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +39,10 @@ class JobSpec:
             raise UserInputError("the job names no model; give the path of an .onnx file")
         if not str(self.target).strip():
             raise UserInputError("empty target; use a name such as 'llvm' or 'cuda'")
+        if self.tuning_db and has_password(self.tuning_db):  # it would be in ps, and stored
+            raise UserInputError(
+                f"the tuning database URL {redact(self.tuning_db)} holds a password; give it "
+                "without one and put the password in ~/.pgpass (mode 0600) or PGPASSFILE")
         return self
 
     def with_options(self, **changes: Any) -> JobSpec:

@@ -135,3 +135,13 @@ def test_the_metaschedule_database_cases_hold_on_both_backends(location):
         assert str(top[0].trace) == str(sch.trace)
         assert str(top[0].target) == str(target)
         assert seen.query_ir_module(mod, target, "main") is not None
+
+
+def test_a_registry_database_is_not_taken_for_a_tuning_database(pg_server):
+    from simpletvm.errors import UserInputError
+    from tvmsched.registry import Registry
+
+    url = pg_server.database()
+    Registry(url).check()  # sched's tables
+    with pytest.raises(UserInputError, match="not a tuning database"):
+        connect(url)
