@@ -23,6 +23,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -89,7 +90,11 @@ class Agent(RunnerHost):
         self.started = 0.0
         self.timeout = HOST_TIMEOUT_S
         self._last_beat = 0.0  # monotonic time of the last renewed heartbeat
-        self._last_try = 0.0
+        self._beats_stop = threading.Event()
+        self._beats: threading.Thread | None = None
+        self._fenced = False  # the heartbeat thread found this host fenced
+        self._cut_off = False  # ... or could not renew for T/2
+        self._notices: list[str] = []
         self._last_housekeeping = 0.0
         self.fenced_runs = 0  # how often it found itself fenced and registered again
         self._preloaded: set[str] = set()
@@ -114,6 +119,8 @@ class Agent(RunnerHost):
             except Exception:
                 traceback.print_exc()
         self._register()
+        self._beats = threading.Thread(target=self._beat, name="host-heartbeat", daemon=True)
+        self._beats.start()
 
     def _register(self) -> None:
         stored = self.registry.get_setting(HOST_TIMEOUT_KEY)
@@ -169,8 +176,14 @@ class Agent(RunnerHost):
     def loop(self, now: float | None = None) -> None:
         """One pass: reap, renew the heartbeat (or fence itself), fork what is placed here."""
         now = time.time() if now is None else now
+        while self._notices:
+            print(self._notices.pop(0), flush=True)
         self._reap(now)
-        if not self._renew():
+        if self._fenced:  # its runners are gone: register again, and serve
+            self.fenced_runs += 1
+            self._register()
+            self._fenced = False
+        if self._cut_off:  # no new runner while the database is out of reach
             return
         if now - self._last_housekeeping >= 0.25:
             self._last_housekeeping = now
@@ -200,39 +213,50 @@ class Agent(RunnerHost):
             except Exception:
                 traceback.print_exc()
 
-    def _renew(self) -> bool:
-        """Renew the heartbeat every T/4; False while this host must not run anything."""
-        mono = time.monotonic()
-        if mono - self._last_try < self.timeout / 4:
-            return True
-        self._last_try = mono
-        try:
-            renewed = self.registry.host_heartbeat(self.host, os.getpid())
-        except Exception as exc:  # the database is out of reach
-            if mono - self._last_beat >= self.timeout / 2 and self.runners:
-                self._fence_self(f"no heartbeat renewed for {mono - self._last_beat:.1f} s ({exc})")
-            return False
-        if not renewed:  # the daemon fenced us: our jobs run elsewhere now
-            self._fence_self("the daemon fenced this host")
-            self.fenced_runs += 1
-            self._register()
-            return True
-        self._last_beat = mono
-        return True
+    def _beat(self) -> None:
+        """The heartbeat thread: renew every T/4, whatever the main loop is busy with (a
+        first TVM import takes seconds); fence this host itself when it must."""
+        while not self._beats_stop.wait(self.timeout / 4):
+            mono = time.monotonic()
+            try:
+                renewed = self.registry.host_heartbeat(self.host, os.getpid())
+            except Exception as exc:  # the database is out of reach
+                if mono - self._last_beat >= self.timeout / 2:
+                    self._cut_off = True
+                    if self.runners:
+                        self._fence_self(f"no heartbeat renewed for "
+                                         f"{mono - self._last_beat:.1f} s ({exc})")  # fmt: skip
+                continue
+            if not renewed:  # the daemon fenced us: our jobs run elsewhere now
+                if not self._fenced:
+                    self._fence_self("the daemon fenced this host")
+                    self._fenced = True
+                continue
+            self._last_beat = mono
+            self._cut_off = False
 
     def _fence_self(self, reason: str) -> None:
         """Kill every runner at once (their reaping records them once the database
-        answers again; the daemon may already have requeued their jobs)."""
-        print(f"sched agent {self.host}: {reason}; killing {len(self.runners)} runner(s)",
-              flush=True)  # fmt: skip
-        for found in self.runners.values():
+        answers again; the daemon may already have requeued their jobs). The main loop
+        says why, in the agent's log (a thread does not print while the loop may fork)."""
+        self._notices.append(f"sched agent {self.host}: {reason}; killed its runners")
+        while True:
+            try:
+                runners = list(self.runners.values())
+                break
+            except RuntimeError:  # the main loop changed the dict meanwhile
+                continue
+        for found in runners:
             try:
                 _signal_group(found.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
 
     def shutdown(self) -> None:
         """Stop: no more jobs placed here, running ones requeued, resources withdrawn."""
+        self._beats_stop.set()
+        if self._beats is not None:
+            self._beats.join(timeout=5)
         try:
             self.registry.fence_host(self.host, "agent stopped", state="stopped")
         except Exception:

@@ -8,7 +8,11 @@ export SIMPLETVM_EXTRAS="${SIMPLETVM_EXTRAS:-dev,postgres}"
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 
 # 1. a PostgreSQL server in a temporary folder, on a unix socket only
-bindir=$(dirname "$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb | tail -1)")
+bindir=
+for dir in "$(dirname "$(command -v initdb || echo /none/initdb)")" /usr/lib/postgresql/*/bin; do
+    if [ -x "$dir/initdb" ] && [ -x "$dir/createdb" ]; then bindir=$dir; break; fi
+done
+[ -n "$bindir" ] || { echo "PostgreSQL's initdb and createdb are not installed" >&2; exit 2; }
 work=$(mktemp -d /tmp/sched-walkthrough-XXXXXX)
 as_user=()
 if [ "$(id -u)" = 0 ]; then  # PostgreSQL refuses to run as root
