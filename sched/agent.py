@@ -175,10 +175,11 @@ class Agent(RunnerHost):
 
     def loop(self, now: float | None = None) -> None:
         """One pass: reap, renew the heartbeat (or fence itself), fork what is placed here."""
-        now = time.time() if now is None else now
+        given, now = now, time.time() if now is None else now
+        stamp = now if given is not None or self.registry.backend == "sqlite" else None
         while self._notices:
             print(self._notices.pop(0), flush=True)
-        self._reap(now)
+        self._reap(stamp)
         if self._fenced:  # its runners are gone: register again, and serve
             self.fenced_runs += 1
             self._register()
@@ -187,8 +188,8 @@ class Agent(RunnerHost):
             return
         if now - self._last_housekeeping >= 0.25:
             self._last_housekeeping = now
-            self._kill_silent(now)
-            self._cancel_flagged(now)
+            self._kill_silent(stamp)
+            self._cancel_flagged(stamp)
         room = self.config.max_jobs - len(self.runners)
         if room > 0:
             placed = [
@@ -199,7 +200,7 @@ class Agent(RunnerHost):
             for job in placed:  # import what the job needs once, before forking
                 if job["kind"] == JobKind.TVM.value:
                     self._preload(job["spec"])
-            self._fork([(job["id"], job["attempt"]) for job in placed], now)
+            self._fork([(job["id"], job["attempt"]) for job in placed], stamp)
 
     def _preload(self, spec: dict) -> None:
         try:

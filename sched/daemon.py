@@ -257,22 +257,25 @@ class Daemon(RunnerHost):
     def loop(self, now: float | None = None) -> None:
         """One pass: reap, kill silent runners, cancel, start runners, grant stages."""
         given, now = now, time.time() if now is None else now
-        self._reap(now)
+        # what the registry stamps: an injected clock, else the registry's own (on
+        # PostgreSQL the database's, one clock for every host)
+        stamp = now if given is not None or self.registry.backend == "sqlite" else None
+        self._reap(stamp)
         if now - self._last_housekeeping >= 0.25:
             self._last_housekeeping = now
-            self._check_adopted(now)
-            self._kill_silent(now)
-            self._cancel_flagged(now)
-            self._probe_devices(now)
+            self._check_adopted(stamp)
+            self._kill_silent(stamp)
+            self._cancel_flagged(stamp)
+            self._probe_devices(stamp)
             self.registry.unblock_suspended(_stopped)
-            self._fence_hosts(now)
+            self._fence_hosts(stamp)
             self._check_leader()
         if self.stopping:
             if self.stop_deadline is None:
                 self.stop_deadline = now + self.config.stop_timeout
             self.dispatcher.resume_finished(given)  # no grants now, but no stage left paused
             return
-        self._spawn(now)
+        self._spawn(stamp)
         for grant in self.dispatcher.dispatch(given):
             found = self.runners.get(grant.job_id)
             if found is not None and found.wake_fd is not None:
@@ -316,7 +319,7 @@ class Daemon(RunnerHost):
         # stages suspended for a measurement that ended (or died) while we were down
         self.dispatcher.resume_finished(now)
 
-    def _spawn(self, now: float) -> None:
+    def _spawn(self, now: float | None) -> None:
         """Fork runners for queued jobs, at most ``SPAWN_BATCH`` per pass.
 
         A fork takes milliseconds; forking 64 runners in one pass kept the first ones
@@ -416,7 +419,7 @@ class Daemon(RunnerHost):
         for lease in leases:
             _signal_holder(lease, signal.SIGCONT)
 
-    def _fence_hosts(self, now: float) -> None:
+    def _fence_hosts(self, now: float | None) -> None:
         """Fence each agent whose heartbeat (database clock) is older than T: withdraw its
         resources and requeue its jobs, for other hosts to resume."""
         for host in self.registry.stale_hosts(self.config.host_timeout):
@@ -430,9 +433,9 @@ class Daemon(RunnerHost):
                         retry_limit=self.config.retry_limit, now=now,
                     )  # fmt: skip
 
-    def _probe_devices(self, now: float) -> None:
+    def _probe_devices(self, now: float | None) -> None:
         """Probe each down remote device whose backoff has passed; mark it up if it answers."""
-        for device in self.registry.devices_to_probe(now):
+        for device in self.registry.devices_to_probe(self.registry.clock() if now is None else now):
             reason = probe(device["rpc"])
             wait = backoff(
                 device["failures"], first=self.config.probe_backoff,

@@ -39,7 +39,7 @@ class RunnerHost:
     host: str | None = None
     die_with_host = False  # runners get SIGKILL when their host process dies (agents)
 
-    def _fork(self, batch: list[tuple[int, int]], now: float) -> None:
+    def _fork(self, batch: list[tuple[int, int]], now: float | None) -> None:
         """Fork one runner per (job, attempt) already claimed."""
         if not batch:
             return
@@ -116,7 +116,7 @@ class RunnerHost:
         os.close(out)
 
 
-    def _reap(self, now: float) -> None:
+    def _reap(self, now: float | None) -> None:
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -129,7 +129,7 @@ class RunnerHost:
                 self._gone(found, _describe(status), now=now)
 
 
-    def _check_adopted(self, now: float) -> None:
+    def _check_adopted(self, now: float | None) -> None:
         for found in [r for r in self.runners.values() if not r.child]:
             if not _alive(found.pid, found.started):
                 self._gone(found, "adopted runner exited", now=now)
@@ -170,8 +170,9 @@ class RunnerHost:
             time.sleep(0.01)
 
 
-    def _kill_silent(self, now: float) -> None:
-        stale = self.registry.stale_leases(now - self.config.heartbeat_timeout, host=self.host)
+    def _kill_silent(self, now: float | None) -> None:
+        ref = self.registry.clock() if now is None else now  # the clock of the heartbeats
+        stale = self.registry.stale_leases(ref - self.config.heartbeat_timeout, host=self.host)
         for lease in stale:
             found = self.runners.get(lease["job_id"])
             if found is None:
@@ -183,10 +184,10 @@ class RunnerHost:
                     child=False,
                 )
             self._kill(found)
-            self._gone(found, f"heartbeat stopped for {now - lease['heartbeat_at']:.1f} s", now=now)
+            self._gone(found, f"heartbeat stopped for {ref - lease['heartbeat_at']:.1f} s", now=now)
 
 
-    def _cancel_flagged(self, now: float) -> None:
+    def _cancel_flagged(self, now: float | None) -> None:
         for job in self.registry.running_jobs(host=self.host):
             if job["cancel_requested"] and job["id"] in self.runners:
                 found = self.runners[job["id"]]

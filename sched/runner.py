@@ -127,6 +127,8 @@ def run(
     if row is None or row["attempt"] != attempt or row["state"] is not JobState.RUNNING:
         return EXIT_FENCED
     life = _Life(registry, row, Wakeup(wake_fd), notify_fd, heartbeat)
+    if registry.backend == "postgresql":  # a stage's start, on the database's clock
+        life.offset = registry.clock() - time.time()
     try:
         tag = registry.location if registry.backend == "postgresql" else None
         life.run(build_job(row, db_path=local_base(db_path), registry=tag))
@@ -156,6 +158,7 @@ class _Life:
         self.notify_fd, self.heartbeat = notify_fd, heartbeat
         self.job_id, self.attempt = row["id"], row["attempt"]
         self.request = None  # the stage asked for or running (named if it fails)
+        self.offset = 0.0  # the registry's clock minus ours (PostgreSQL: another host's)
 
     def run(self, job) -> None:
         index = self.row["stages_done"]
@@ -169,7 +172,7 @@ class _Life:
         notify(self.notify_fd)
         while True:
             grant = wait_for_grant(self.registry, request_id, self.wakeup)
-            started = time.time()
+            started = time.time() + self.offset
             try:
                 outcome = self._run_stage(job, grant, started)
             except DeviceUnavailable as exc:

@@ -293,3 +293,21 @@ def test_the_tuning_database_schema_maps_to_postgresql():
     assert "rowid BIGINT GENERATED ALWAYS AS IDENTITY" in ddl
     assert has_password("postgresql://u:p@h/d") and has_password("postgresql://u@h/d?password=p")
     assert not has_password("postgresql://u@h/d?sslmode=verify-full")
+
+
+def test_events_and_heartbeats_are_stamped_with_the_databases_clock(pg_server, monkeypatch):
+    """A host whose clock is 1000 s ahead stamps nothing with it: the write lock's
+    transaction reads the server's clock, and heartbeats are judged by it."""
+    url = pg_server.database()
+    registry = Registry(url)
+    registry.check()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 1000.0)
+    registry.set_setting("strategy", "sequential")
+    job_id = registry.submit("mock", {"mock": "rounds=1"})
+    registry.register_host("box-a", pid=1, started=1.0, max_jobs=1, resources=[], timeout=10)
+    server = registry.clock()
+    stamps = [e["ts"] for e in registry.events()]
+    assert stamps and all(abs(ts - server) < 30 for ts in stamps), (stamps, server)
+    assert abs(registry.job(job_id)["submitted_at"] - server) < 30
+    assert registry.stale_hosts(5.0) == []  # its heartbeat is fresh on the server's clock

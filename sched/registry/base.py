@@ -6,7 +6,6 @@ import functools
 import json
 import os
 import threading
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -133,6 +132,17 @@ class RegistryBase:
         """One write transaction: the store's (``SQLiteStore.write``, ``PostgresStore.write``)."""
         return self.store.write(conn or self.conn, gate=gate, priority=self.priority)
 
+    def _now(self, conn: Any, now: float | None) -> float:
+        """``now`` if given (tests inject a clock), else the time at which this write
+        transaction took the write lock: the database's clock on PostgreSQL, so every
+        host's events and heartbeats are stamped by one clock; this process's on SQLite
+        (one host, one clock)."""
+        return now if now is not None else self.store.clock(conn)
+
+    def clock(self) -> float:
+        """The registry's clock now (the database's on PostgreSQL), in Unix seconds."""
+        return self.store.read_clock(self.conn)
+
     def migrations(self) -> list[str]:
         return self.store.applied_migrations(self.conn)
 
@@ -162,7 +172,7 @@ class RegistryBase:
     @retried
     def set_setting(self, key: str, value: str, *, now: float | None = None) -> None:
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             conn.execute(
                 "INSERT INTO settings (key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -174,7 +184,7 @@ class RegistryBase:
     def mark_daemon(self, pid: int | None, *, now: float | None = None) -> None:
         """Record that a daemon started (pid) or stopped (None), in settings and the log."""
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             conn.execute(
                 "INSERT INTO settings (key, value) VALUES ('daemon_pid', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",

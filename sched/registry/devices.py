@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from ..devices import backoff as next_probe
@@ -27,7 +26,7 @@ class DevicesMixin(RegistryBase):
     ) -> None:
         """Register one RPC server as an exclusive resource (ValueError if the name is taken)."""
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             taken = conn.execute("SELECT kind FROM resources WHERE name = ?", (name,)).fetchone()
             if taken is not None:
                 what = "remote device" if taken[0] == ResourceKind.REMOTE.value else "resource"
@@ -47,7 +46,7 @@ class DevicesMixin(RegistryBase):
     def remove_device(self, name: str, *, now: float | None = None) -> None:
         """Forget a remote device; refused while a stage holds it."""
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             found = conn.execute(
                 "SELECT 1 FROM resources WHERE name = ? AND kind = ?",
                 (name, ResourceKind.REMOTE.value),
@@ -85,7 +84,7 @@ class DevicesMixin(RegistryBase):
     ) -> None:
         """Record a probe: up again (reason None), or still down until ``now + backoff``."""
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             if reason is None:
                 # failures stay counted until a stage succeeds on it (complete_stage), so a
                 # server that answers probes but fails its sessions backs off ever longer
@@ -122,7 +121,7 @@ class DevicesMixin(RegistryBase):
         Returns the new request's id.
         """
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             row = conn.execute(
                 "SELECT l.job_id, l.kind, l.resources, l.request_id, l.started_at, r.attempt,"
                 " r.stage_index, r.needs, r.info FROM leases l JOIN requests r"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from ..models import (
@@ -34,7 +33,7 @@ class JobsMixin(RegistryBase):
         now: float | None = None,
     ) -> int:
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             job_id = self._insert_job(
                 conn, (name, kind, _dumps(spec), priority, device_kind, now, _WAITING, None)
             )
@@ -57,7 +56,7 @@ class JobsMixin(RegistryBase):
         The parent stays queued, and is not started, until every sub-job has finished.
         """
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             waiting = f"waiting for its {len(parts)} sub-jobs to finish"
             parent = self._insert_job(
                 conn, (name, kind, _dumps(spec), priority, device_kind, now, waiting, None)
@@ -115,7 +114,7 @@ class JobsMixin(RegistryBase):
 
         Cancelling a split job cancels its unfinished sub-jobs too."""
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             for (child,) in conn.execute(
                 "SELECT id FROM jobs WHERE parent_id = ? AND state IN ('queued', 'running')",
                 (job_id,),
@@ -183,7 +182,7 @@ class JobsMixin(RegistryBase):
         claimed: dict[int, int] = {}
         hosts = hosts or {}
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             for job_id in job_ids:
                 host = hosts.get(job_id)
                 row = conn.execute(
@@ -208,7 +207,7 @@ class JobsMixin(RegistryBase):
         """Record (job id, attempt, pid, process start time) of forked runners, in one
         transaction."""
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             for job_id, attempt, pid, started in runners:
                 conn.execute(
                     "UPDATE jobs SET runner_pid = ?, runner_started = ?"
@@ -232,7 +231,7 @@ class JobsMixin(RegistryBase):
     ) -> JobState:
         """Reclaim a dead runner's leases and requests, then requeue, cancel or fail its job."""
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             row = conn.execute(
                 "SELECT state, attempt, retries, cancel_requested FROM jobs WHERE id = ?",
                 (job_id,),
@@ -314,7 +313,7 @@ class JobsMixin(RegistryBase):
         """The runner's last write: done (with its result) or failed (with the reason)."""
         event = EventKind.JOB_DONE if state is JobState.DONE else EventKind.JOB_FAILED
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             row = conn.execute(
                 "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, stage = NULL,"
                 " wait_reason = NULL WHERE id = ? AND attempt = ? AND state = 'running'"

@@ -42,10 +42,13 @@ from ..paths import local_base, redact
 from .health import RegistryError
 from .schema import MIGRATIONS
 
+PG_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION"  # the server's clock
+
 # advisory lock keys (per database): the writers' gate and the write lock
 GATE_KEY = 0x5C4ED_0001
 WRITE_KEY = 0x5C4ED_0002
 DAEMON_KEY = 0x5C4ED_0003  # held by the serving daemon's session: one daemon per registry
+LOCK_AND_CLOCK = f"SELECT pg_advisory_xact_lock(?), {PG_NOW}"
 GATE_POLL_S = 0.0005  # the daemon's wait between tries for the gate (gate_ready)
 CONNECT_TIMEOUT_S = 10
 
@@ -73,6 +76,7 @@ class PgConnection:
     def __init__(self, raw, opener) -> None:
         self.raw = raw
         self._opener = opener
+        self.clock = 0.0  # the server's time when the current write took the write lock
 
     @property
     def closed(self) -> bool:
@@ -98,7 +102,16 @@ class PostgresStore:
     """One PostgreSQL database as the registry; a connection per process and thread."""
 
     kind = "postgresql"
-    NOW_SQL = "EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION"  # the server's clock
+    NOW_SQL = PG_NOW  # the server's clock
+
+    @staticmethod
+    def clock(conn: PgConnection) -> float:
+        """The server's time when this write transaction took the write lock."""
+        return conn.clock
+
+    @staticmethod
+    def read_clock(conn: PgConnection) -> float:
+        return float(conn.execute(f"SELECT {PG_NOW}").fetchone()[0])
 
     def __init__(self, url: str, *, timeout: float) -> None:
         self.url = url
@@ -213,16 +226,19 @@ class PostgresStore:
         held = getattr(self._local, "gate_held", False)
         committing = False
         try:
-            # the keys below are this module's constants, not data
             if (gate or not priority) and not held:
                 self._pass_gate(conn)
-                # a second round trip: a runner stopped at the gate must not also queue
-                # for the write lock, which the daemon's own writes need
-                conn.raw.execute(f"SELECT pg_advisory_xact_lock({WRITE_KEY})")
+                # a round trip of its own: a runner stopped at the gate must not also
+                # queue for the write lock, which the daemon's own writes need
+                begin = False
             else:
-                conn.raw.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_KEY})")
-            # held now: what the caller stamps (time.time()) is stamped under the lock
+                begin = True
             with conn.raw.pipeline():
+                if begin:
+                    conn.execute("BEGIN")
+                # the write lock, and the server's clock once it is held: what the
+                # caller stamps (RegistryBase._now) is stamped under the lock
+                conn.clock = float(conn.execute(LOCK_AND_CLOCK, (WRITE_KEY,)).fetchone()[1])
                 yield conn
                 committing = True
                 conn.execute("COMMIT")

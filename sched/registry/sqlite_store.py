@@ -154,6 +154,15 @@ class SQLiteStore:
             if use_gate:
                 fcntl.flock(gate_fd, fcntl.LOCK_UN)
 
+    @staticmethod
+    def clock(conn: sqlite3.Connection) -> float:
+        """The time stamped on a write: this process's clock (one host)."""
+        return time.time()
+
+    @staticmethod
+    def read_clock(conn: sqlite3.Connection) -> float:
+        return time.time()
+
     def notify(self, conn: sqlite3.Connection, channel: str, payload: str = "") -> None:
         """Nothing: on one host the daemon and its runners wake each other by pipes."""
 

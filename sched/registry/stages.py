@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,7 +69,7 @@ class StagesMixin(RegistryBase):
         now: float | None = None,
     ) -> int:
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             return self._insert_request(
                 conn, job_id, attempt, stage_index, kind, needs, info or {}, now
             )
@@ -136,7 +135,7 @@ class StagesMixin(RegistryBase):
         if suspend and not self._gate_ready(GATE_WAIT_S):
             suspend = {}
         with self._write(gate=bool(suspend)) as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             capacity = dict(conn.execute("SELECT name, capacity FROM resources").fetchall())
             used = self._units_held(conn)
             for pending, resources in grants:
@@ -281,7 +280,7 @@ class StagesMixin(RegistryBase):
         if not epochs:
             return
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             marks = ",".join("?" * len(epochs))
             rows = conn.execute(
                 "UPDATE leases SET paused_s = paused_s"
@@ -308,7 +307,7 @@ class StagesMixin(RegistryBase):
     @retried
     def start_stage(self, epoch: int, *, now: float | None = None) -> None:
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             row = conn.execute(
                 "UPDATE leases SET started_at = ?, heartbeat_at = ? WHERE epoch = ?"
                 " AND state = 'active' RETURNING job_id, kind, resources",
@@ -321,7 +320,7 @@ class StagesMixin(RegistryBase):
     @retried
     def heartbeat(self, epoch: int, *, now: float | None = None) -> bool:
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             row = conn.execute(
                 "UPDATE leases SET heartbeat_at = ? WHERE epoch = ? AND state = 'active'"
                 " RETURNING epoch",
@@ -346,7 +345,7 @@ class StagesMixin(RegistryBase):
         short for its heartbeat thread to have recorded its start gets it recorded here.
         """
         with self._write() as conn:
-            now = time.time() if now is None else now  # stamped under the write lock
+            now = self._now(conn, now)  # stamped under the write lock
             job_id, kind, resources, paused, attempt = self._release_done(
                 conn, epoch, started_at, now
             )
