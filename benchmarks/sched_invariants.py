@@ -4,10 +4,12 @@ Each run is ``tvmsched.storm.run_storm(seed)``: 3 to 8 random MockJobs (mostly m
 on the cpu-device) through the real registry, dispatcher and strategy (interleaved or
 predictive, preemption on), on an injected clock, with the runners' ends landing inside
 the scheduling passes, runners that will not stop and runners that die. The event log of
-each run goes through ``tvmsched.invariants.check_registry``. A run passes when every job
+each run goes through ``tvmsched.invariants.check_registry``. With ``--hosts N``, N
+agents' hosts (each its own cpu pool and cpu-device) share the jobs, and now and then
+one is fenced, its jobs requeued and placed again. A run passes when every job
 is done, nothing is left suspended and no invariant was broken.
 
-    .venv/bin/python benchmarks/sched_invariants.py --runs 1000 [--seed 0]
+    .venv/bin/python benchmarks/sched_invariants.py --runs 1000 [--seed 0] [--hosts 3]
     .venv/bin/python benchmarks/sched_invariants.py --live 4   # real daemons instead
 
 ``--live N`` runs N real daemons (forked runners, wall clock) on the 4-job mix of
@@ -37,7 +39,7 @@ def scratch() -> str | None:
 
 
 def storms(args) -> int:
-    config = StormConfig(strategies=tuple(args.strategies.split(",")))
+    config = StormConfig(strategies=tuple(args.strategies.split(",")), hosts=args.hosts)
     counts: collections.Counter = collections.Counter()
     totals: collections.Counter = collections.Counter()
     failed = []
@@ -48,6 +50,7 @@ def storms(args) -> int:
             pathlib.Path(tmp, f"{seed}.db").unlink()
             totals.update(passes=result.passes, stages=result.stages)
             totals.update(suspensions=result.suspensions, **{f"runs of {result.strategy}": 1})
+            totals.update(grants_on_agents=result.on_agents, hosts_fenced=result.fenced)
             counts.update(v.rule.value for v in result.violations)
             counts["unfinished"] += not result.finished
             if not result.ok:
@@ -66,6 +69,9 @@ def report(runs, failed, counts, totals, seconds) -> None:
         f"scheduling passes: {totals['passes']}  stages: {totals['stages']}"
         f"  suspensions: {totals['suspensions']}  ({seconds:.1f} s)"
     )
+    if totals["grants_on_agents"] or totals["hosts_fenced"]:
+        print(f"  stages granted on agents' hosts: {totals['grants_on_agents']}"
+              f"  agents' hosts fenced: {totals['hosts_fenced']}")  # fmt: skip
     print("  " + ", ".join(f"{k}: {v}" for k, v in sorted(totals.items()) if k.startswith("runs")))
     for result in failed[:5]:
         first = result.violations[0].detail if result.violations else "did not finish"
@@ -101,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the first run's seed")
     parser.add_argument("--strategies", default="interleaved,predictive")
     parser.add_argument("--live", type=int, default=0, help="real daemons instead of storms")
+    parser.add_argument("--hosts", type=int, default=0,
+                        help="agents' hosts beside the daemon's (jobs placed on all; agents "
+                        "fenced now and then)")  # fmt: skip
     args = parser.parse_args(argv)
     return live(args) if args.live else storms(args)
 

@@ -41,6 +41,8 @@ class StormConfig:
     stuck: float = 0.05  # chance that a runner does not stop when suspended
     die: float = 0.01  # chance per pass that one runner dies
     max_passes: int = 4000
+    hosts: int = 0  # agents' hosts beside the daemon's, each with its own pool and device
+    fence: float = 0.01  # with hosts: chance per pass that one agent's host is fenced
 
 
 @dataclass
@@ -52,6 +54,8 @@ class StormResult:
     suspensions: int
     finished: bool  # every job done and nothing left suspended
     violations: list[Violation] = field(default_factory=list)
+    on_agents: int = 0  # stages granted on agents' hosts
+    fenced: int = 0  # agents' hosts fenced during the run
 
     @property
     def ok(self) -> bool:
@@ -116,8 +120,20 @@ def storm_resources(rng: random.Random) -> list[Resource]:
     ]
 
 
+def host_resources(rng: random.Random, name: str) -> list[Resource]:
+    """An agent's host: its own cpu pool and cpu-device (``cpu@NAME``, as ``sched agent``)."""
+    return [
+        Resource(f"cpu@{name}", ResourceKind.CPU, rng.choice((1, 2, 3)), False, host=name),
+        Resource(f"cpu-device@{name}", ResourceKind.CPU_DEVICE, 1, True, host=name),
+    ]
+
+
 class Storm:
-    """One run; ``run()`` drives passes until every job is done (or ``max_passes``)."""
+    """One run; ``run()`` drives passes until every job is done (or ``max_passes``).
+
+    With ``hosts``, jobs are placed at random on the daemon's host or an agent's, and
+    now and then an agent's host is fenced (its heartbeat stopped): its jobs are
+    requeued and placed again, and the agent registers again, as ``sched agent`` does."""
 
     def __init__(self, seed: int, db_path: str | Path, config: StormConfig | None = None):
         self.rng = random.Random(seed)
@@ -125,6 +141,11 @@ class Storm:
         self.strategy = self.rng.choice(self.config.strategies)
         self.registry = RacingRegistry(db_path, priority=True)
         self.registry.replace_resources(storm_resources(self.rng))
+        self.hosts = [f"box-{i}" for i in range(self.config.hosts)]
+        self.host_resources = {name: host_resources(self.rng, name) for name in self.hosts}
+        for name in self.hosts:
+            self._register(name)
+        self.fenced = 0
         self.dispatcher = Dispatcher(
             self.registry, strategy=self.strategy, suspend=self._stop, resume=self._cont
         )
@@ -159,7 +180,44 @@ class Storm:
     # -- runners -------------------------------------------------------------------------
     def _claim(self, job_id: int, spec: str, *, completed: int) -> None:
         job = MockJob(spec, completed=completed, sleeper=lambda _: None)
-        claim_and_request(self.registry, self.jobs, job_id, job, now=self.now)
+        if not self.hosts or "device=gpu" in spec:  # only the daemon's host has a gpu
+            claim_and_request(self.registry, self.jobs, job_id, job, now=self.now)
+            return
+        host = self.rng.choice([None, *self.hosts])
+        attempt = self.registry.claim_jobs([job_id], now=self.now, hosts={job_id: host})[job_id]
+        self.jobs[job_id] = (job, attempt)
+        request = job.next_stage()
+        self.registry.request_stage(
+            job_id, attempt, job.index, request.kind.value, request.needs, request.info,
+            now=self.now,
+        )  # fmt: skip
+
+    def _register(self, name: str) -> None:
+        self.registry.register_host(
+            name, pid=1, started=float(len(name)), max_jobs=64,
+            resources=self.host_resources[name], timeout=1e9,
+        )  # fmt: skip
+
+    def _fence_one(self) -> None:
+        """An agent's host is fenced: its jobs' leases are reclaimed and the jobs placed
+        again (their runners are gone); the agent registers again."""
+        name = self.rng.choice(self.hosts)
+        victims = self.registry.fence_host(name, "storm")
+        self.fenced += 1
+        for job_id in victims:
+            if job_id not in self.jobs:
+                continue
+            job, attempt = self.jobs.pop(job_id)
+            for epoch in [e for e, owner in self.owner.items() if owner == job_id]:
+                del self.owner[epoch]
+                self.left.pop(epoch, None)
+                self.stopped.discard(epoch)
+            self.registry.runner_gone(
+                job_id, attempt, reason="host fenced", retry_limit=1000, charge=False,
+                now=self.now,
+            )  # fmt: skip
+            self._claim(job_id, self.registry.job(job_id)["spec"]["mock"], completed=job.index)
+        self._register(name)
 
     def _complete(self, epoch: int) -> None:
         """The runner of ``epoch`` records its end (and asks for its next stage)."""
@@ -210,6 +268,8 @@ class Storm:
         due = self._advance()
         if self.jobs and self.rng.random() < self.config.die:
             self._kill_one()
+        if self.hosts and self.jobs and self.rng.random() < self.config.fence:
+            self._fence_one()
         self._arm(due)
         for grant in self.dispatcher.dispatch(self.now):
             self.registry.start_stage(grant.epoch, now=self.now)
@@ -228,10 +288,15 @@ class Storm:
         states = {job["state"] for job in self.registry.list_jobs()}
         finished = not self.jobs and not leases and not self.stopped and states == {JobState.DONE}
         violations = check_registry(self.registry, strategy=self.strategy)
+        on_agents = sum(
+            1 for e in self.registry.events()
+            if e["kind"] == "grant" and any("@" in name for name in e["resources"] or {})
+        )  # fmt: skip
         self.registry.close()
         return StormResult(
-            self.seed, self.strategy, passes, self.stages, self.suspensions, finished, violations
-        )
+            self.seed, self.strategy, passes, self.stages, self.suspensions, finished,
+            violations, on_agents=on_agents, fenced=self.fenced,
+        )  # fmt: skip
 
 
 def run_storm(seed: int, db_path: str | Path, config: StormConfig | None = None) -> StormResult:

@@ -133,6 +133,25 @@ def test_randomised_storms_with_runners_racing_the_passes_keep_every_invariant(
     assert sum(r.passes for r in results) >= 100 * runs  # ~140 passes a run
 
 
+HOST_STORM_RUNS = {"sqlite": 60, "postgresql": 20}
+
+
+@pytest.mark.slow
+def test_storms_over_agents_hosts_with_hosts_fenced_keep_every_invariant(new_registry_db):
+    """Jobs placed on the daemon's host and three agents' hosts (each its own pool and
+    cpu-device), agents fenced now and then and their jobs placed again: no host's pool
+    is over-granted, no device has two holders, no measurement shares its host's cpu."""
+    first = new_registry_db()
+    runs = HOST_STORM_RUNS["postgresql" if is_url(first) else "sqlite"]
+    dbs = [first] + [new_registry_db(f"hosts-{seed}") for seed in range(1, runs)]
+    config = StormConfig(hosts=3, fence=0.02)
+    results = [run_storm(1000 + seed, db, config) for seed, db in enumerate(dbs)]
+    bad = [(r.seed, r.strategy, r.finished, r.violations[:2]) for r in results if not r.ok]
+    assert bad == []
+    assert sum(r.on_agents for r in results) > 10 * runs  # the agents' hosts were used
+    assert sum(r.fenced for r in results) > runs / 2  # and fenced
+
+
 def test_a_storm_run_is_deterministic_for_its_seed(new_registry_db):
     config = StormConfig(jobs=(3, 4))
     first = run_storm(7, new_registry_db("a"), config)
