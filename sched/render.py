@@ -121,7 +121,9 @@ def devices_table(devices: list[dict[str, Any]]) -> Table | str:
 def status_view(report: dict[str, Any]) -> Group:
     daemon = report["daemon"]
     if daemon["running"]:
-        head = f"daemon pid {daemon['pid']}, strategy {daemon['strategy']}, db {report['db']}"
+        where = " (on another host)" if daemon.get("elsewhere") else ""
+        head = (f"daemon pid {daemon['pid']}{where}, strategy {daemon['strategy']}, "
+                f"db {report['db']}")  # fmt: skip
     else:
         head = f"no daemon runs for {report['db']} (start one with: sched start)"
     head = plain(head)

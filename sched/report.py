@@ -22,6 +22,7 @@ FINISHED_SHOWN = 5  # recently finished jobs kept in the status view
 def status(registry: Registry, *, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     pid = running_pid(pid_file(registry.path))
+    elsewhere = registry.daemon_elsewhere() if pid is None else None  # another host's
     resources = registry.resources()
     leases = registry.active_leases()
     rows = resource_intervals(registry.stage_intervals(), now=now)
@@ -43,8 +44,9 @@ def status(registry: Registry, *, now: float | None = None) -> dict[str, Any]:
     return {
         "db": registry.location,
         "daemon": {
-            "running": pid is not None,
-            "pid": pid,
+            "running": pid is not None or elsewhere is not None,
+            "pid": pid if pid is not None else elsewhere,
+            "elsewhere": elsewhere is not None,  # serving from another host (PostgreSQL)
             "strategy": registry.get_setting("strategy", "interleaved"),
         },
         "resources": [

@@ -115,7 +115,7 @@ def test_a_simulated_batch_with_preemption_keeps_every_invariant(tmp_path):
 # runs per backend: a PostgreSQL statement is a round trip to the server (about 0.25 ms
 # here against SQLite's few microseconds), so a run takes about 0.5 s there against
 # 0.06 s; 40 runs keep the default test run within its time
-STORM_RUNS = {"sqlite": 120, "postgresql": 40}
+STORM_RUNS = {"sqlite": 120, "postgresql": 30}
 
 
 @pytest.mark.slow
@@ -133,7 +133,7 @@ def test_randomised_storms_with_runners_racing_the_passes_keep_every_invariant(
     assert sum(r.passes for r in results) >= 100 * runs  # ~140 passes a run
 
 
-HOST_STORM_RUNS = {"sqlite": 60, "postgresql": 20}
+HOST_STORM_RUNS = {"sqlite": 40, "postgresql": 12}
 
 
 @pytest.mark.slow

@@ -139,6 +139,14 @@ class RegistryBase:
         (one host, one clock)."""
         return now if now is not None else self.store.clock(conn)
 
+    def daemon_elsewhere(self) -> int | None:
+        """PostgreSQL: the pid of the daemon serving this registry from any host (the
+        holder of the daemon lock; its pid as it recorded it), else None."""
+        if self.backend != "postgresql" or not self.store.daemon_lock_held(self.conn):
+            return None
+        pid = self.get_setting("daemon_pid") or ""
+        return int(pid) if pid.isdigit() else 0
+
     def clock(self) -> float:
         """The registry's clock now (the database's on PostgreSQL), in Unix seconds."""
         return self.store.read_clock(self.conn)

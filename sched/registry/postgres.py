@@ -286,6 +286,16 @@ class PostgresStore:
             session.execute("SELECT pg_try_advisory_lock(?)", (DAEMON_KEY,)).fetchone()[0]
         )
 
+    def daemon_lock_held(self, conn: PgConnection) -> bool:
+        """Does some session (a daemon, on any host) hold the daemon lock now?"""
+        row = conn.execute(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND classid::bigint = ? AND objid::bigint = ?",
+            (DAEMON_KEY >> 32, DAEMON_KEY & 0xFFFFFFFF),
+        ).fetchone()
+        return row is not None
+
     def holds_daemon_lock(self, session: PgConnection) -> bool:
         """Is ``session`` still open and holding the daemon lock?"""
         try:
