@@ -32,6 +32,7 @@ from pathlib import Path
 import psutil
 
 from . import runner
+from .daemon import continue_holders, stop_holders
 from .host import Runner, RunnerHost, _signal_group
 from .jobs import preload, target_kind
 from .limits import HEARTBEAT_S, check_daemon_limits
@@ -39,7 +40,7 @@ from .models import JobKind, Resource
 from .paths import agent_pid_file, display, ensure_private_dir, local_base, locator, resolve_db
 from .pidfile import PidFile, running_pid
 from .registry import Registry, RegistryError
-from .registry.stages import GRANT_CHANNEL
+from .registry.stages import GRANT_CHANNEL, SUSPEND_CHANNEL
 from .resources import cpu_count, parse_resource
 
 HOST_TIMEOUT_S = 10.0  # the default T: a host silent this long is fenced
@@ -112,7 +113,8 @@ class Agent(RunnerHost):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.listener = self.registry.store.listener([GRANT_CHANNEL])  # None on SQLite
+        # grants for its runners, and suspensions asked of it (None on SQLite)
+        self.listener = self.registry.store.listener([GRANT_CHANNEL, SUSPEND_CHANNEL])
         for kind in self.config.preload:
             try:
                 preload(kind)
@@ -186,6 +188,7 @@ class Agent(RunnerHost):
             self._fenced = False
         if self._cut_off:  # no new runner while the database is out of reach
             return
+        self._preempt(stamp)
         if now - self._last_housekeeping >= 0.25:
             self._last_housekeeping = now
             self._kill_silent(stamp)
@@ -201,6 +204,15 @@ class Agent(RunnerHost):
                 if job["kind"] == JobKind.TVM.value:
                     self._preload(job["spec"])
             self._fork([(job["id"], job["attempt"]) for job in placed], stamp)
+
+    def _preempt(self, now: float | None) -> None:
+        """Suspend what the daemon asks (a CPU measurement on this host), confirming each
+        in the registry; continue what was suspended for a measurement that has ended."""
+        self.registry.suspend_on_host(self.host, stop_holders, now=now)
+        ended = self.registry.suspended_leases(host=self.host)
+        if ended:
+            continue_holders(ended)  # first: a crash in between leaves them resumable
+            self.registry.resume_leases([lease["epoch"] for lease in ended], now=now)
 
     def _preload(self, spec: dict) -> None:
         try:

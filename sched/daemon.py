@@ -390,34 +390,11 @@ class Daemon(RunnerHost):
             traceback.print_exc()
 
     def _suspend_holders(self, leases: list[dict]) -> list[int]:
-        """SIGSTOP the runners (and their workers) of ``leases``; the epochs now stopped.
-
-        Called by ``Registry.grant`` while it holds both registry locks, so no runner is
-        stopped inside a registry write. Every thread must have stopped before the locks
-        are released: a thread still running then could take the gate and stop holding
-        it, and the measurement could never record its end. A holder that does not stop
-        within ``STOP_WAIT_S`` is continued and left out; one that is gone is left out
-        too (the daemon reclaims its lease as for any dead runner).
-        """
-        signalled: dict[int, int] = {}
-        for lease in leases:
-            pid = _signal_holder(lease, signal.SIGSTOP)
-            if pid is not None:
-                signalled[lease["epoch"]] = pid
-        deadline = time.monotonic() + STOP_WAIT_S
-        waiting = dict(signalled)
-        while waiting and time.monotonic() < deadline:
-            waiting = {epoch: pid for epoch, pid in waiting.items() if not _stopped(pid)}
-            if waiting:
-                time.sleep(0.001)
-        for lease in leases:  # would not stop in time: let it go on, unsuspended
-            if lease["epoch"] in waiting:
-                _signal_holder(lease, signal.SIGCONT)
-        return [epoch for epoch in signalled if epoch not in waiting]
+        """``stop_holders``: called by ``Registry.grant`` while it holds both locks."""
+        return stop_holders(leases)
 
     def _resume_holders(self, leases: list[dict]) -> None:
-        for lease in leases:
-            _signal_holder(lease, signal.SIGCONT)
+        continue_holders(leases)
 
     def _fence_hosts(self, now: float | None) -> None:
         """Fence each agent whose heartbeat (database clock) is older than T: withdraw its
@@ -445,6 +422,39 @@ class Daemon(RunnerHost):
             if reason is None:
                 print(f"remote device {device['name']} answers again", flush=True)
 
+
+
+def stop_holders(leases: list[dict]) -> list[int]:
+    """SIGSTOP the runners (and their workers) of ``leases``; the epochs now stopped.
+
+    Called while the registry's two locks are held (``Registry.grant`` on the daemon's
+    host, ``Registry.suspend_on_host`` on an agent's), so no runner is stopped inside a
+    registry write. Every thread must have stopped before the locks are released: a
+    thread still running then could take the gate and stop holding it, and the
+    measurement could never record its end. A holder that does not stop within
+    ``STOP_WAIT_S`` is continued and left out; one that is gone is left out too (its
+    lease is reclaimed as for any dead runner).
+    """
+    signalled: dict[int, int] = {}
+    for lease in leases:
+        pid = _signal_holder(lease, signal.SIGSTOP)
+        if pid is not None:
+            signalled[lease["epoch"]] = pid
+    deadline = time.monotonic() + STOP_WAIT_S
+    waiting = dict(signalled)
+    while waiting and time.monotonic() < deadline:
+        waiting = {epoch: pid for epoch, pid in waiting.items() if not _stopped(pid)}
+        if waiting:
+            time.sleep(0.001)
+    for lease in leases:  # would not stop in time: let it go on, unsuspended
+        if lease["epoch"] in waiting:
+            _signal_holder(lease, signal.SIGCONT)
+    return [epoch for epoch in signalled if epoch not in waiting]
+
+
+def continue_holders(leases: list[dict]) -> None:
+    for lease in leases:
+        _signal_holder(lease, signal.SIGCONT)
 
 
 def _log_fault(exc: Exception, last: str | None) -> str:

@@ -131,6 +131,9 @@ class Held:
     # the measurement's request; the units are lent to it only while its lease is active
     suspended_for: int | None = None
     request_id: int | None = None
+    # suspended by an agent (on its host) before the measurement was granted: its units
+    # are lent to the measurement's request while that is pending, too
+    remote_suspend: bool = False
 
 
 @dataclass(frozen=True)

@@ -74,9 +74,10 @@ class RacingRegistry(Registry):
         if fire is not None:
             fire()
 
-    def suspended_leases(self):
-        self._window("suspended_leases")
-        return super().suspended_leases()
+    def suspended_leases(self, **kwargs):
+        if not kwargs:  # the daemon's pass (an agent asks for its host's)
+            self._window("suspended_leases")
+        return super().suspended_leases(**kwargs)
 
     def resume_leases(self, *args, **kwargs):
         self._window("resume_leases")  # its runners are continued already
@@ -270,6 +271,12 @@ class Storm:
             self._kill_one()
         if self.hosts and self.jobs and self.rng.random() < self.config.fence:
             self._fence_one()
+        for host in self.hosts:  # each agent: suspend what it is asked, continue what ended
+            self.registry.suspend_on_host(host, self._stop, now=self.now)
+            ended = self.registry.suspended_leases(host=host)
+            if ended:
+                self._cont(ended)
+                self.registry.resume_leases([row["epoch"] for row in ended], now=self.now)
         self._arm(due)
         for grant in self.dispatcher.dispatch(self.now):
             self.registry.start_stage(grant.epoch, now=self.now)

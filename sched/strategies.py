@@ -49,7 +49,7 @@ class Snapshot:
         """Units free now; a suspended lease's units are lent to the stage it paused for,
         only while that stage's lease is active (``lending``)."""
         free = {name: r.capacity for name, r in self.resources.items()}
-        lent = lending(self.leases)
+        lent = lending(self.leases, {p.request_id for p in self.pending})
         for lease in self.leases:
             if lease.epoch in lent:
                 continue
@@ -66,9 +66,10 @@ class Snapshot:
         return held
 
 
-def lending(leases: list[Held]) -> set[int]:
+def lending(leases: list[Held], pending: set[int] | frozenset[int] = frozenset()) -> set[int]:
     """Epochs of the suspended leases whose units are lent: those whose suspender (the
-    measurement's request) holds an active lease among ``leases``.
+    measurement's request) holds an active lease among ``leases``, or, for a lease an
+    agent suspended ahead of the grant (``remote_suspend``), is still ``pending``.
 
     Once the measurement has ended, a suspended lease holds its units again, though its
     runner is still stopped: the next pass resumes it, and a grant made meanwhile on its
@@ -78,7 +79,12 @@ def lending(leases: list[Held]) -> set[int]:
     return {
         lease.epoch
         for lease in leases
-        if lease.suspended and lease.suspended_for is not None and lease.suspended_for in active
+        if lease.suspended
+        and lease.suspended_for is not None
+        and (
+            lease.suspended_for in active
+            or (lease.remote_suspend and lease.suspended_for in pending)
+        )
     }
 
 
@@ -176,12 +182,12 @@ def preemption(
     reserved, and every running holder of the pool must be a preemptible stage of
     another job (a stage that holds a device, even a GPU, is never paused mid-timing).
     """
-    if not snap.preempt or not p.needs.get("device") or p.host is not None:
-        return None  # the daemon suspends only its own host's runners (agents: not yet)
-    pool = cpu_pool(snap, None)
+    if not snap.preempt or not p.needs.get("device"):
+        return None
+    pool = cpu_pool(snap, p.host)  # only the measurement's own host's stages
     if pool is None:
         return None
-    lent = lending(snap.leases)
+    lent = lending(snap.leases, {q.request_id for q in snap.pending})
     holders = [
         lease
         for lease in snap.leases

@@ -285,3 +285,44 @@ def test_a_tuning_job_killed_with_its_agent_finishes_on_another_from_the_shared_
         assert job["result"]["tuned_ms"] is not None
     finally:
         cluster.close()
+
+
+def test_a_measurement_on_one_host_suspends_only_that_hosts_stages(
+    pg_server, tmp_path, monkeypatch
+):
+    """A CPU measurement placed on a suspends a's search (the agent stops its runner and
+    confirms in the registry before the grant), never b's; all of it is continued."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    cluster = Cluster(pg_server.database(), tmp_path, names=("a", "b"))
+    try:
+        _measure_on_a(cluster)
+    finally:
+        cluster.close()
+
+
+def _measure_on_a(cluster):
+    long = "rounds=3,search=1.5,build=0.3,measure=0.05,device=cpu"
+    on_a = api.submit(cluster.url, mock=long)
+    time.sleep(0.5)
+    on_b = api.submit(cluster.url, mock=long)
+    time.sleep(0.5)
+    measuring = api.submit(cluster.url, mock="rounds=2,search=0.05,build=0.05,measure=0.3,"
+                                             "device=cpu")  # fmt: skip
+    api.wait(cluster.url, [on_a, on_b, measuring], timeout=90, poll=0.1)
+    jobs = {j["id"]: j for j in api.jobs(cluster.url)}
+    assert [jobs[i]["host"] for i in (on_a, on_b, measuring)] == ["a", "b", "a"]
+    assert {jobs[i]["state"] for i in jobs} == {"done"}
+    events = cluster.registry.events()
+    suspended = [e for e in events if e["kind"] == "suspend"]
+    assert suspended, "the measurement on a suspended nothing"
+    # a's jobs suspend each other's search and build for their measurements; b's never
+    assert {e["job_id"] for e in suspended} <= {on_a, measuring}
+    assert all(_host_of(e["resources"]) == "a" for e in suspended)
+    resumed = {e["epoch"] for e in events if e["kind"] == "resume"}
+    left = {e["epoch"] for e in suspended} - resumed
+    for e in events:  # shown if the assertion fails
+        if e["epoch"] in left or (left and e["kind"] in ("suspend", "resume", "grant")):
+            print(e["id"], round(e["ts"], 3), e["kind"], e["job_id"], e["stage"], e["epoch"],
+                  e["resources"], e["detail"])  # fmt: skip
+    assert not left
+    assert check_events(events, cluster.resources, strategy="interleaved") == []

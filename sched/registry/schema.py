@@ -94,4 +94,14 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE jobs ADD COLUMN host TEXT",
         ],
     ),
+    (
+        "agent_preemption",
+        [
+            # a lease on an agent's host that the daemon wants suspended for a request
+            # (the agent stops its runner and confirms), and whether an agent suspended
+            # it: then its units are lent to that request while it is still pending too
+            "ALTER TABLE leases ADD COLUMN suspend_wanted INTEGER",
+            "ALTER TABLE leases ADD COLUMN remote_suspend INTEGER NOT NULL DEFAULT 0",
+        ],
+    ),
 ]

@@ -18,12 +18,20 @@ from .base import Connection, RegistryBase, _dumps, retried
 
 WAKE_CHANNEL = "sched_wake"  # PostgreSQL: a runner asked for a stage or finished one
 GRANT_CHANNEL = "sched_grant"  # PostgreSQL: stages were granted (payload: job ids)
+SUSPEND_CHANNEL = "sched_suspend"  # PostgreSQL: an agent is asked to suspend (payload: host)
 GATE_WAIT_S = 2.0  # how long a grant that suspends stages waits for the writers' gate
 # Is the suspender of lease ``l`` (the measurement's request) still holding an active
 # lease? Only then are ``l``'s units lent to it; once it has ended they are ``l``'s again,
 # even before the next pass resumes ``l`` (strategies.lending does the same).
 SUSPENDER_ACTIVE = (
-    "EXISTS (SELECT 1 FROM leases m WHERE m.request_id = l.suspended_for AND m.state = 'active')"
+    "(EXISTS (SELECT 1 FROM leases m WHERE m.request_id = l.suspended_for"
+    " AND m.state = 'active') OR (l.remote_suspend = 1 AND EXISTS (SELECT 1 FROM requests q"
+    " WHERE q.id = l.suspended_for AND q.state = 'pending')))"
+)
+# an agent's host suspends its own runners: the leases it is asked to suspend, still wanted
+WANTED = (
+    "l.state = 'active' AND l.suspended_for IS NULL AND l.suspend_wanted IS NOT NULL"
+    " AND EXISTS (SELECT 1 FROM requests q WHERE q.id = l.suspend_wanted AND q.state = 'pending')"
 )
 
 
@@ -221,6 +229,13 @@ class StagesMixin(RegistryBase):
         lent: dict[str, int] = {}
         if not rows:
             return lent
+        if pending.host is not None:  # an agent's runners: ask it, grant once it confirms
+            conn.executemany(
+                "UPDATE leases SET suspend_wanted = ? WHERE epoch = ? AND suspended_for IS NULL",
+                [(pending.request_id, row["epoch"]) for row in rows],
+            )
+            self.store.notify(conn, SUSPEND_CHANNEL, pending.host)
+            return lent
         if on_suspend is not None:
             stopped = on_suspend(rows)
             if stopped is not None:  # the holders that did stop; the others run on
@@ -252,14 +267,82 @@ class StagesMixin(RegistryBase):
             )
         return lent
 
-    def suspended_leases(self) -> list[dict[str, Any]]:
-        """Suspended leases whose measurement has ended (its lease is no longer active)."""
+    def suspended_leases(self, *, host: str | None = None) -> list[dict[str, Any]]:
+        """Suspended leases whose measurement has ended (its lease is no longer active),
+        of jobs on ``host`` (None: the daemon's own; each host continues its own)."""
         rows = self.conn.execute(
             "SELECT l.epoch, l.job_id, l.kind, l.holder_pid, l.holder_started FROM leases l"
+            " JOIN jobs j ON j.id = l.job_id"
             " WHERE l.state = 'active' AND l.suspended_for IS NOT NULL"
-            f" AND NOT {SUSPENDER_ACTIVE} ORDER BY l.epoch"
+            f" AND NOT {SUSPENDER_ACTIVE} AND COALESCE(j.host, '') = ? ORDER BY l.epoch",
+            (host or "",),
         )
         return [dict(r) for r in rows]
+
+    def wanted_suspensions(self, host: str) -> list[dict[str, Any]]:
+        """The leases of ``host``'s jobs that the daemon asked its agent to suspend."""
+        rows = self.conn.execute(
+            "SELECT l.epoch, l.job_id, l.kind, l.resources, l.holder_pid, l.holder_started,"
+            f" l.suspend_wanted FROM leases l JOIN jobs j ON j.id = l.job_id WHERE {WANTED}"
+            " AND j.host = ? ORDER BY l.epoch",
+            (host,),
+        )
+        return [dict(r) for r in rows]
+
+    def suspend_on_host(
+        self,
+        host: str,
+        stop: Callable[[list[dict[str, Any]]], list[int]],
+        *,
+        now: float | None = None,
+    ) -> int:
+        """An agent suspends the leases the daemon asked it to (``wanted_suspensions``):
+        holding both locks, gate included (so none of its runners is stopped inside a
+        registry write), it calls ``stop`` (SIGSTOP, confirmed) and records the epochs
+        that did stop as suspended for the measurement's request, whose grant then finds
+        their units lent; the others are asked again at the next pass. How many."""
+        if not self.wanted_suspensions(host) or not self._gate_ready(GATE_WAIT_S):
+            return 0
+        with self._write(gate=True) as conn:
+            now = self._now(conn, now)  # stamped under the write lock
+            rows = [
+                dict(r)
+                for r in conn.execute(
+                    "SELECT l.epoch, l.job_id, l.kind, l.resources, l.holder_pid,"
+                    " l.holder_started, l.suspend_wanted FROM leases l JOIN jobs j"
+                    f" ON j.id = l.job_id WHERE {WANTED} AND j.host = ? ORDER BY l.epoch",
+                    (host,),
+                )
+            ]
+            if not rows:
+                return 0
+            stopped = set(stop(rows))
+            for row in rows:
+                if row["epoch"] not in stopped:
+                    conn.execute(
+                        "UPDATE leases SET suspend_wanted = NULL WHERE epoch = ?", (row["epoch"],)
+                    )
+                    continue
+                conn.execute(
+                    "UPDATE leases SET suspended_for = suspend_wanted, suspended_at = ?,"
+                    " suspend_wanted = NULL, remote_suspend = 1 WHERE epoch = ?",
+                    (now, row["epoch"]),
+                )
+                for_job = conn.execute(
+                    "SELECT job_id FROM requests WHERE id = ?", (row["suspend_wanted"],)
+                ).fetchone()[0]
+                conn.execute(
+                    "UPDATE jobs SET wait_reason = ? WHERE id = ?",
+                    (f"{row['kind']} suspended while job {for_job} measures", row["job_id"]),
+                )
+                self._event(
+                    conn, now, EventKind.SUSPEND, row["job_id"], row["kind"], row["epoch"],
+                    json.loads(row["resources"]),
+                    {"for_job": for_job, "for_request": row["suspend_wanted"], "host": host},
+                )  # fmt: skip
+            self.store.unblock(conn, [r["holder_pid"] for r in rows if r["epoch"] in stopped])
+            self.store.notify(conn, WAKE_CHANNEL)
+        return len(stopped)
 
     def unblock_suspended(self, stopped: Callable[[int], bool]) -> int:
         """Clear the writers' gate of the runners of suspended leases that are stopped
@@ -285,7 +368,7 @@ class StagesMixin(RegistryBase):
             rows = conn.execute(
                 "UPDATE leases SET paused_s = paused_s"
                 " + CASE WHEN suspended_at < ? THEN ? - suspended_at ELSE 0 END,"
-                " suspended_for = NULL, suspended_at = NULL, heartbeat_at = ?"
+                " suspended_for = NULL, suspended_at = NULL, remote_suspend = 0, heartbeat_at = ?"
                 f" WHERE epoch IN ({marks}) AND state = 'active' AND suspended_for IS NOT NULL"
                 " RETURNING epoch, job_id, kind, resources",
                 [now, now, now, *epochs],
@@ -297,10 +380,13 @@ class StagesMixin(RegistryBase):
     def active_leases(self) -> list[Held]:
         rows = self.conn.execute(
             "SELECT epoch, job_id, kind, resources, granted_at, started_at, suspended_for,"
-            " request_id FROM leases WHERE state = 'active' ORDER BY epoch"
+            " request_id, remote_suspend FROM leases WHERE state = 'active' ORDER BY epoch"
         )
         return [
-            Held(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6] is not None, r[6], r[7])
+            Held(
+                r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6] is not None, r[6], r[7],
+                bool(r[8]),
+            )
             for r in rows
         ]
 
@@ -364,14 +450,14 @@ class StagesMixin(RegistryBase):
         job's attempt."""
         row = conn.execute(
             "SELECT l.job_id, l.kind, l.resources, l.request_id, l.started_at,"
-            " l.paused_s + COALESCE(? - l.suspended_at, 0), j.attempt"
+            " l.paused_s + COALESCE(? - l.suspended_at, 0), j.attempt, l.suspended_for"
             " FROM leases l JOIN jobs j ON j.id = l.job_id"
             " WHERE l.epoch = ? AND l.state = 'active'",
             (now, epoch),
         ).fetchone()
         if row is None:
             raise Fenced(f"lease {epoch} is no longer active")
-        job_id, kind, resources, request_id, recorded_start, paused, attempt = row
+        job_id, kind, resources, request_id, recorded_start, paused, attempt, suspended = row
         resources = json.loads(resources)
         start = started_at if started_at is not None else now
         conn.execute(
@@ -381,6 +467,10 @@ class StagesMixin(RegistryBase):
         )
         if recorded_start is None:
             self._event(conn, start, EventKind.START, job_id, kind, epoch, resources)
+        if suspended is not None:
+            # continued (SIGCONT) and finished before its resume was recorded: the
+            # continuer writes it after the signal, and this runner's write came first
+            self._event(conn, now, EventKind.RESUME, job_id, kind, epoch, resources)
         conn.execute("UPDATE requests SET state = 'done' WHERE id = ?", (request_id,))
         if resources:  # a remote device that served a stage has no failures pending
             marks = ",".join("?" * len(resources))
