@@ -49,7 +49,7 @@ class Snapshot:
         """Units free now; a suspended lease's units are lent to the stage it paused for,
         only while that stage's lease is active (``lending``)."""
         free = {name: r.capacity for name, r in self.resources.items()}
-        lent = lending(self.leases, {p.request_id for p in self.pending})
+        lent = lending(self.leases)
         for lease in self.leases:
             if lease.epoch in lent:
                 continue
@@ -66,10 +66,10 @@ class Snapshot:
         return held
 
 
-def lending(leases: list[Held], pending: set[int] | frozenset[int] = frozenset()) -> set[int]:
+def lending(leases: list[Held]) -> set[int]:
     """Epochs of the suspended leases whose units are lent: those whose suspender (the
-    measurement's request) holds an active lease among ``leases``, or, for a lease an
-    agent suspended ahead of the grant (``remote_suspend``), is still ``pending``.
+    measurement's request) holds an active lease among ``leases``. (A lease an agent
+    suspended ahead of the grant lends its units to that request alone: ``reserved``.)
 
     Once the measurement has ended, a suspended lease holds its units again, though its
     runner is still stopped: the next pass resumes it, and a grant made meanwhile on its
@@ -79,13 +79,20 @@ def lending(leases: list[Held], pending: set[int] | frozenset[int] = frozenset()
     return {
         lease.epoch
         for lease in leases
-        if lease.suspended
-        and lease.suspended_for is not None
-        and (
-            lease.suspended_for in active
-            or (lease.remote_suspend and lease.suspended_for in pending)
-        )
+        if lease.suspended and lease.suspended_for is not None and lease.suspended_for in active
     }
+
+
+def reserved(leases: list[Held], request_id: int) -> dict[str, int]:
+    """The units that leases an agent suspended for the still ungranted ``request_id``
+    lend to it, and to no other request (``remote_suspend``)."""
+    active = {lease.request_id for lease in leases if lease.request_id is not None}
+    units: dict[str, int] = {}
+    for lease in leases:
+        if lease.remote_suspend and lease.suspended_for == request_id and request_id not in active:
+            for name, amount in lease.resources.items():
+                units[name] = units.get(name, 0) + amount
+    return units
 
 
 @dataclass
@@ -126,6 +133,9 @@ def wanted(
     blocked: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[dict[str, int] | None, str]:
     """Concrete resources for ``p``; with ``check``, only if free now (else None and why)."""
+    extra = reserved(snap.leases, p.request_id)
+    if extra:  # what an agent suspended for p is free for p alone
+        free = {name: units + extra.get(name, 0) for name, units in free.items()}
     pool = cpu_pool(snap, p.host)
     want: dict[str, int] = {}
     cpus = p.needs.get("cpu", 0)
@@ -187,7 +197,7 @@ def preemption(
     pool = cpu_pool(snap, p.host)  # only the measurement's own host's stages
     if pool is None:
         return None
-    lent = lending(snap.leases, {q.request_id for q in snap.pending})
+    lent = lending(snap.leases)
     holders = [
         lease
         for lease in snap.leases

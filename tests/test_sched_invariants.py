@@ -144,8 +144,10 @@ def test_storms_over_agents_hosts_with_hosts_fenced_keep_every_invariant(new_reg
     first = new_registry_db()
     runs = HOST_STORM_RUNS["postgresql" if is_url(first) else "sqlite"]
     dbs = [first] + [new_registry_db(f"hosts-{seed}") for seed in range(1, runs)]
-    config = StormConfig(hosts=3, fence=0.02)
-    results = [run_storm(1000 + seed, db, config) for seed, db in enumerate(dbs)]
+    # seeds 8 and 31 over-granted an agent's pool before its suspended units were kept
+    # for their measurement alone (benchmarks/sched_invariants.py --hosts 3)
+    config = StormConfig(hosts=3)
+    results = [run_storm(seed, db, config) for seed, db in enumerate(dbs)]
     bad = [(r.seed, r.strategy, r.finished, r.violations[:2]) for r in results if not r.ok]
     assert bad == []
     assert sum(r.on_agents for r in results) > 10 * runs  # the agents' hosts were used

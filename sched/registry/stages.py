@@ -23,9 +23,13 @@ GATE_WAIT_S = 2.0  # how long a grant that suspends stages waits for the writers
 # Is the suspender of lease ``l`` (the measurement's request) still holding an active
 # lease? Only then are ``l``'s units lent to it; once it has ended they are ``l``'s again,
 # even before the next pass resumes ``l`` (strategies.lending does the same).
+SUSPENDER_LEASED = (
+    "EXISTS (SELECT 1 FROM leases m WHERE m.request_id = l.suspended_for AND m.state = 'active')"
+)
+# ... and what must not be continued yet: that, or a suspension an agent made for a
+# request still pending (its units are lent to that request alone: ``_reserved``)
 SUSPENDER_ACTIVE = (
-    "(EXISTS (SELECT 1 FROM leases m WHERE m.request_id = l.suspended_for"
-    " AND m.state = 'active') OR (l.remote_suspend = 1 AND EXISTS (SELECT 1 FROM requests q"
+    f"({SUSPENDER_LEASED} OR (l.remote_suspend = 1 AND EXISTS (SELECT 1 FROM requests q"
     " WHERE q.id = l.suspended_for AND q.state = 'pending')))"
 )
 # an agent's host suspends its own runners: the leases it is asked to suspend, still wanted
@@ -146,14 +150,17 @@ class StagesMixin(RegistryBase):
             now = self._now(conn, now)  # stamped under the write lock
             capacity = dict(conn.execute("SELECT name, capacity FROM resources").fetchall())
             used = self._units_held(conn)
+            reserved = self._reserved(conn)
             for pending, resources in grants:
                 lent: dict[str, int] = {}
                 if pending.request_id in suspend:
                     lent = self._suspend(
                         conn, pending, suspend[pending.request_id], used, on_suspend, now
                     )
+                extra = reserved.get(pending.request_id, {})  # an agent's, for it alone
                 fits = not enforce_capacity or all(
-                    used.get(n, 0) + a <= capacity.get(n, 0) for n, a in resources.items()
+                    used.get(n, 0) - extra.get(n, 0) + a <= capacity.get(n, 0)
+                    for n, a in resources.items()
                 )
                 grant = self._lease(conn, pending, resources, now) if fits else None
                 if grant is None:  # what it suspended lends to nothing: resumed next pass
@@ -170,13 +177,26 @@ class StagesMixin(RegistryBase):
         return done
 
     @staticmethod
+    def _reserved(conn) -> dict[int, dict[str, int]]:
+        """Per pending request: the units of the leases an agent suspended for it."""
+        out: dict[int, dict[str, int]] = {}
+        for request_id, held in conn.execute(
+            "SELECT l.suspended_for, l.resources FROM leases l WHERE l.state = 'active'"
+            f" AND l.remote_suspend = 1 AND NOT {SUSPENDER_LEASED}"
+        ):
+            units = out.setdefault(int(request_id), {})
+            for name, amount in json.loads(held).items():
+                units[name] = units.get(name, 0) + amount
+        return out
+
+    @staticmethod
     def _units_held(conn) -> dict[str, int]:
         """Units held by active leases, but for suspended ones whose measurement still
         runs (their units are lent to it)."""
         used: dict[str, int] = {}
         for (held,) in conn.execute(
             "SELECT l.resources FROM leases l WHERE l.state = 'active'"
-            f" AND NOT (l.suspended_for IS NOT NULL AND {SUSPENDER_ACTIVE})"
+            f" AND NOT (l.suspended_for IS NOT NULL AND {SUSPENDER_LEASED})"
         ):
             for name, amount in json.loads(held).items():
                 used[name] = used.get(name, 0) + amount
