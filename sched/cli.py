@@ -146,6 +146,7 @@ def start(
         extra.append("--preempt" if preempt else "--no-preempt")
     with errors(db):
         check_daemon_limits(max_jobs, HEARTBEAT_S, heartbeat_timeout)
+        check_seconds("--host-timeout", host_timeout, above=0.5)
         if foreground:
             from .daemon import main as daemon_main
 

@@ -44,6 +44,8 @@ def test_every_command_has_help(capsys):
         (["submit", "--bogus"], "No such option"),
         (["start", "--strategy", "fastest"], "unknown strategy 'fastest'"),
         (["start", "--resource", "cpu=lots"], "capacity must be a whole number"),
+        (["start", "--host-timeout", "-1"], "--host-timeout must be a finite number"),
+        (["agent", "--name", "box-a", "--resource", "cpu=lots"], "capacity must be a whole"),
         (["strategy", "fastest"], "unknown strategy"),
         (["cancel", "42"], "no such job: 42"),
         (["result", "42"], "no such job: 42"),
