@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import signal
 import sys
 import threading
@@ -33,18 +32,17 @@ import psutil
 
 from . import runner
 from .daemon import continue_holders, stop_holders
-from .host import Runner, RunnerHost, _signal_group
+from .host import HOST_TIMEOUT_KEY, Runner, RunnerHost, _signal_group
 from .jobs import preload, target_kind
 from .limits import HEARTBEAT_S, check_daemon_limits
 from .models import JobKind, Resource
 from .paths import agent_pid_file, display, ensure_private_dir, local_base, locator, resolve_db
 from .pidfile import PidFile, running_pid
-from .registry import Registry, RegistryError
+from .registry import Registry
 from .registry.stages import GRANT_CHANNEL, SUSPEND_CHANNEL
 from .resources import cpu_count, parse_resource
 
 HOST_TIMEOUT_S = 10.0  # the default T: a host silent this long is fenced
-HOST_TIMEOUT_KEY = "host_timeout"  # the daemon's T, in settings: agents beat at T/4
 
 
 class AgentRunning(RuntimeError):
@@ -97,7 +95,6 @@ class Agent(RunnerHost):
         self._cut_off = False  # ... or could not renew for T/2
         self._notices: list[str] = []
         self._last_housekeeping = 0.0
-        self.fenced_runs = 0  # how often it found itself fenced and registered again
         self._preloaded: set[str] = set()
 
     # -- life cycle ------------------------------------------------------------------
@@ -133,15 +130,6 @@ class Agent(RunnerHost):
         )  # fmt: skip
         self._last_beat = time.monotonic()
 
-    def install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-
-    def _on_stop(self, *_: object) -> None:
-        self.stopping = True
-
     def _check_registry(self) -> None:
         """Nothing to check: the daemon watches the registry itself."""
 
@@ -160,20 +148,11 @@ class Agent(RunnerHost):
     def _wait(self, timeout: float) -> None:
         """Until a runner or signal writes to our pipe, or the daemon's grant is heard,
         which is passed on at once to the runners it names."""
-        waits = [self._wake_r] + ([self.listener] if self.listener is not None else [])
-        ready, _, _ = select.select(waits, [], [], timeout)
-        if self._wake_r in ready:
-            try:
-                while os.read(self._wake_r, 65536):
-                    pass
-            except BlockingIOError:
-                pass
-        if self.listener is not None and self.listener in ready:
-            for payload in self.listener.drain():
-                for job_id in payload.split(","):
-                    found = self.runners.get(int(job_id)) if job_id.isdigit() else None
-                    if found is not None and found.wake_fd is not None:
-                        runner.notify(found.wake_fd)
+        for payload in self._wait_for_wakeup(timeout):
+            for job_id in payload.split(","):
+                found = self.runners.get(int(job_id)) if job_id.isdigit() else None
+                if found is not None and found.wake_fd is not None:
+                    runner.notify(found.wake_fd)
 
     def loop(self, now: float | None = None) -> None:
         """One pass: reap, renew the heartbeat (or fence itself), fork what is placed here."""
@@ -183,7 +162,6 @@ class Agent(RunnerHost):
             print(self._notices.pop(0), flush=True)
         self._reap(stamp)
         if self._fenced:  # its runners are gone: register again, and serve
-            self.fenced_runs += 1
             self._register()
             self._fenced = False
         if self._cut_off:  # no new runner while the database is out of reach
@@ -332,7 +310,7 @@ def check_agent_name(name: str) -> None:
         )
 
 
-__all__ = ["Agent", "AgentConfig", "RegistryError", "host_resources", "main"]
+__all__ = ["Agent", "AgentConfig", "host_resources", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import signal
 import socket
 import sys
@@ -24,7 +23,7 @@ import psutil
 from . import runner
 from .devices import backoff, probe
 from .dispatch import Dispatcher
-from .host import Runner, RunnerHost, _alive, _signal_group
+from .host import HOST_TIMEOUT_KEY, Runner, RunnerHost, _alive, _signal_group
 from .jobs import kind_of_target, preload, target_kind
 from .limits import HEARTBEAT_S, check_daemon_limits, check_seconds
 from .models import JobKind, Resource, ResourceKind
@@ -126,7 +125,7 @@ class Daemon(RunnerHost):
             self.registry.set_setting("strategy", self.config.strategy, now=now)
         if self.config.preempt is not None:
             self.registry.set_setting("preempt", "on" if self.config.preempt else "off")
-        self.registry.set_setting("host_timeout", repr(self.config.host_timeout))
+        self.registry.set_setting(HOST_TIMEOUT_KEY, repr(self.config.host_timeout))
         for target in self.config.preload:
             try:
                 self._preload(kind_of_target(target))
@@ -176,16 +175,6 @@ class Daemon(RunnerHost):
         self.leader = store.session()
         if not store.try_daemon_lock(self.leader):
             raise RegistryLost("the daemon lock passed to another daemon (a standby)")
-
-    def install_signals(self) -> None:
-        """Handlers only set a flag; the wake-up fd makes the main loop notice at once."""
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-
-    def _on_stop(self, *_: object) -> None:
-        self.stopping = True
 
     def run_forever(self) -> int:
         """Serve until stopped: 0, or 1 if the registry was lost (``_abandon``)."""
@@ -243,16 +232,7 @@ class Daemon(RunnerHost):
         return any(not r.child for r in self.runners.values())
 
     def _wait(self, timeout: float) -> None:
-        waits = [self._wake_r] + ([self.listener] if self.listener is not None else [])
-        ready, _, _ = select.select(waits, [], [], timeout)
-        if self._wake_r in ready:
-            try:
-                while os.read(self._wake_r, 65536):
-                    pass
-            except BlockingIOError:
-                pass
-        if self.listener is not None and self.listener in ready:
-            self.listener.drain()
+        self._wait_for_wakeup(timeout)  # a NOTIFY from another host's runner only wakes us
 
     def loop(self, now: float | None = None) -> None:
         """One pass: reap, kill silent runners, cancel, start runners, grant stages."""

@@ -9,6 +9,7 @@ ones. Only the daemon decides (grants, placement, fencing); a host only acts on 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import time
@@ -19,6 +20,8 @@ import psutil
 
 from . import runner
 from .paths import runner_log, runner_log_dir
+
+HOST_TIMEOUT_KEY = "host_timeout"  # the daemon's T, in settings: agents beat every T/4
 
 
 @dataclass
@@ -38,6 +41,33 @@ class RunnerHost:
 
     host: str | None = None
     die_with_host = False  # runners get SIGKILL when their host process dies (agents)
+    listener = None  # PostgreSQL: the session that hears NOTIFYs (None on SQLite)
+    stopping = False
+
+    def install_signals(self) -> None:
+        """Handlers only set a flag; the wake-up fd makes the main loop notice at once."""
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def _on_stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def _wait_for_wakeup(self, timeout: float) -> list[str]:
+        """Until a runner or signal writes to our pipe or a NOTIFY is heard, or
+        ``timeout``; the NOTIFYs' payloads."""
+        waits = [self._wake_r] + ([self.listener] if self.listener is not None else [])
+        ready, _, _ = select.select(waits, [], [], timeout)
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 65536):
+                    pass
+            except BlockingIOError:
+                pass
+        if self.listener is not None and self.listener in ready:
+            return self.listener.drain()
+        return []
 
     def _fork(self, batch: list[tuple[int, int]], now: float | None) -> None:
         """Fork one runner per (job, attempt) already claimed."""

@@ -206,18 +206,8 @@ class Storm:
         victims = self.registry.fence_host(name, "storm")
         self.fenced += 1
         for job_id in victims:
-            if job_id not in self.jobs:
-                continue
-            job, attempt = self.jobs.pop(job_id)
-            for epoch in [e for e, owner in self.owner.items() if owner == job_id]:
-                del self.owner[epoch]
-                self.left.pop(epoch, None)
-                self.stopped.discard(epoch)
-            self.registry.runner_gone(
-                job_id, attempt, reason="host fenced", retry_limit=1000, charge=False,
-                now=self.now,
-            )  # fmt: skip
-            self._claim(job_id, self.registry.job(job_id)["spec"]["mock"], completed=job.index)
+            if job_id in self.jobs:
+                self._runner_lost(job_id, "host fenced")
         self._register(name)
 
     def _complete(self, epoch: int) -> None:
@@ -231,14 +221,18 @@ class Storm:
 
     def _kill_one(self) -> None:
         """A runner dies: the daemon reclaims its leases; the job resumes from its stage."""
-        job_id = self.rng.choice(sorted(self.jobs))
+        self._runner_lost(self.rng.choice(sorted(self.jobs)), "storm")
+
+    def _runner_lost(self, job_id: int, reason: str) -> None:
+        """The job's runner is gone: its leases are reclaimed, and it is claimed again
+        (placed anew) and resumes from the stage it had reached."""
         job, attempt = self.jobs.pop(job_id)
         for epoch in [e for e, owner in self.owner.items() if owner == job_id]:
             del self.owner[epoch]
             self.left.pop(epoch, None)
             self.stopped.discard(epoch)
         self.registry.runner_gone(
-            job_id, attempt, reason="storm", retry_limit=1000, charge=False, now=self.now
+            job_id, attempt, reason=reason, retry_limit=1000, charge=False, now=self.now
         )
         self._claim(job_id, self.registry.job(job_id)["spec"]["mock"], completed=job.index)
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -122,6 +123,19 @@ def test_a_runner_stopped_while_waiting_never_takes_the_gate(pg_server):
     cancels the stopped runner's wait (``unblock``), and the runner, once continued,
     asks again and goes on writing."""
     url = pg_server.database()
+    with _writer_stopped_in_the_gate_queue(url) as (daemon, writer):
+        with daemon._write(gate=True) as conn:  # a grant that suspends: the gate is freed
+            conn.execute("UPDATE settings SET value = 'daemon' WHERE key = 'writer'")
+            assert daemon.store.unblock(conn, [writer.pid]) == 1
+        runner = _another_runner_writes(url, "a stopped process holds the writers' gate")
+        os.kill(writer.pid, signal.SIGCONT)
+        _writes_again(runner, writer)
+
+
+@contextmanager
+def _writer_stopped_in_the_gate_queue(url):
+    """A process writing in a loop (WRITER), stopped while it waits for the gate that
+    the daemon's registry holds; yields both; the writer is killed afterwards."""
     daemon = Registry(url, priority=True)
     daemon.replace_resources([Resource("cpu", ResourceKind.CPU, 2, False)])
     writer = subprocess.Popen([sys.executable, "-c", WRITER, url], stdout=subprocess.PIPE)
@@ -131,21 +145,21 @@ def test_a_runner_stopped_while_waiting_never_takes_the_gate(pg_server):
         assert daemon._gate_ready(5.0)
         time.sleep(0.1)  # the writer now waits for the gate
         os.kill(writer.pid, signal.SIGSTOP)
-        with daemon._write(gate=True) as conn:  # a grant that suspends: the gate is freed
-            conn.execute("UPDATE settings SET value = 'daemon' WHERE key = 'writer'")
-            assert daemon.store.unblock(conn, [writer.pid]) == 1
-        runner = Registry(url)
-        done = threading.Event()
-        thread = threading.Thread(
-            target=lambda: (runner.set_setting("other", "1"), done.set()), daemon=True
-        )
-        thread.start()
-        assert done.wait(10), "a stopped process holds the writers' gate"
-        os.kill(writer.pid, signal.SIGCONT)
-        _writes_again(runner, writer)
+        yield daemon, writer
     finally:
         writer.kill()
         writer.wait()
+
+
+def _another_runner_writes(url, why: str):
+    """Another runner's write goes through within 10 s (else ``why``); its registry."""
+    runner = Registry(url)
+    done = threading.Event()
+    threading.Thread(
+        target=lambda: (runner.set_setting("other", "1"), done.set()), daemon=True
+    ).start()
+    assert done.wait(10), why
+    return runner
 
 
 def _writes_again(registry, writer) -> None:
@@ -168,15 +182,7 @@ def test_a_stopped_runner_granted_the_gate_loses_its_session_and_writes_again(pg
     stopped runner. ``unblock`` ends that session, which frees the gate; once continued,
     the runner reopens its session and runs its write again (``retried``)."""
     url = pg_server.database()
-    daemon = Registry(url, priority=True)
-    daemon.replace_resources([Resource("cpu", ResourceKind.CPU, 2, False)])
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, url], stdout=subprocess.PIPE)
-    try:
-        assert writer.stdout.readline().strip() == b"ready"
-        time.sleep(0.3)
-        assert daemon._gate_ready(5.0)
-        time.sleep(0.1)
-        os.kill(writer.pid, signal.SIGSTOP)
+    with _writer_stopped_in_the_gate_queue(url) as (daemon, writer):
         with daemon._write(gate=True) as conn:  # freed without unblock: the server
             conn.execute("UPDATE settings SET value = 'daemon' WHERE key = 'writer'")
         deadline = time.monotonic() + 5  # ... grants the gate to the stopped writer
@@ -184,17 +190,9 @@ def test_a_stopped_runner_granted_the_gate_loses_its_session_and_writes_again(pg
             time.sleep(0.02)
         assert _gate_holders(daemon, writer.pid), "the stopped writer never got the gate"
         assert daemon.store.unblock(daemon.conn, [writer.pid]) == 1
-        runner = Registry(url)
-        done = threading.Event()
-        threading.Thread(
-            target=lambda: (runner.set_setting("other", "1"), done.set()), daemon=True
-        ).start()
-        assert done.wait(10), "the gate stayed with the stopped writer"
+        runner = _another_runner_writes(url, "the gate stayed with the stopped writer")
         os.kill(writer.pid, signal.SIGCONT)
         _writes_again(runner, writer)
-    finally:
-        writer.kill()
-        writer.wait()
 
 
 def _gate_holders(registry, pid) -> list:
