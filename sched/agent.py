@@ -158,10 +158,11 @@ class Agent(RunnerHost):
         """One pass: reap, renew the heartbeat (or fence itself), fork what is placed here."""
         given, now = now, time.time() if now is None else now
         stamp = now if given is not None or self.registry.backend == "sqlite" else None
-        while self._notices:
+        fenced = self._fenced  # read first: its notice is queued before it is set
+        while self._notices:  # so the log says why before the host registers again
             print(self._notices.pop(0), flush=True)
         self._reap(stamp)
-        if self._fenced:  # its runners are gone: register again, and serve
+        if fenced:  # its runners are gone: register again, and serve
             self._register()
             self._fenced = False
         if self._cut_off:  # no new runner while the database is out of reach
