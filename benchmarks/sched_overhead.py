@@ -119,12 +119,15 @@ def start(db, runners, agents, resources):
     return pid, (Agents(db, agents, runners) if agents else None)
 
 
-def throughput(runners, rounds, registries, agents=0):
+def throughput(runners, rounds, registries, agents=0, stage_s=0.0):
     db = registries.new(f"overhead-{runners}")
     # One cpu slot and one device per runner: no queueing, so latency is pure overhead.
     _, hosts = start(db, runners, agents, {"cpu": runners, "dev": runners})
+    mock = f"rounds={rounds}"
+    if stage_s:
+        mock += "".join(f",{k}={stage_s}" for k in ("search", "build", "measure", "update"))
     try:
-        ids = [api.submit(db, mock=f"rounds={rounds}") for _ in range(runners)]
+        ids = [api.submit(db, mock=mock) for _ in range(runners)]
         api.wait(db, ids, timeout=600, poll=0.05)
     finally:
         if hosts is not None:
@@ -189,15 +192,22 @@ def main():
     parser.add_argument("--db", help="a postgresql:// server URL (default: SQLite files)")
     parser.add_argument("--agents", type=int, default=0,
                         help="run the runners on this many agents, not on the daemon")  # fmt: skip
+    parser.add_argument("--stage-ms", type=float, default=0.0,
+                        help="each stage sleeps this long (default 0: the runners ask for "
+                             "grants as fast as the host can serve them)")  # fmt: skip
     args = parser.parse_args()
     if args.agents < 0:
         parser.error("--agents must be 0 or more")
+    if args.stage_ms < 0:
+        parser.error("--stage-ms must be 0 or more")
     if args.db and not is_url(args.db):
         parser.error(f"--db takes a postgresql:// server URL, not {args.db!r}")
     if args.db:
         print(f"backend: PostgreSQL ({redact(args.db)})")
     if args.agents:
         print(f"runners on {args.agents} agents (sched agent), each with an equal share")
+    if args.stage_ms:
+        print(f"every stage sleeps {args.stage_ms:g} ms")
     print(
         f"{'runners':>7} {'grants':>7} {'grants/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'start-up s':>10} {'all p50':>8} {'all p99':>8} {'idle cpu % of a core':>21}"
@@ -205,7 +215,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="sched-overhead-") as workdir:
         registries = Registries(workdir, args.db)
         try:
-            rows = [(throughput(n, args.rounds, registries, args.agents),
+            rows = [(throughput(n, args.rounds, registries, args.agents, args.stage_ms / 1000),
                      idle_cpu(n, registries, agents=args.agents))
                     for n in args.runners]  # fmt: skip
         finally:

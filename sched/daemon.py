@@ -36,7 +36,7 @@ from .paths import (
     resolve_db,
 )
 from .pidfile import PidFile, running_pid
-from .registry import Registry, RegistryError
+from .registry import PassView, Registry, RegistryError
 from .registry.health import check_file, damaged
 from .registry.stages import WAKE_CHANNEL
 from .resources import detect
@@ -255,8 +255,9 @@ class Daemon(RunnerHost):
                 self.stop_deadline = now + self.config.stop_timeout
             self.dispatcher.resume_finished(given)  # no grants now, but no stage left paused
             return
-        self._spawn(stamp)
-        for grant in self.dispatcher.dispatch(given):
+        view = self.dispatcher.view(queued=SPAWN_BATCH + 1)  # one round trip on PostgreSQL
+        self._spawn(stamp, view)
+        for grant in self.dispatcher.dispatch(given, view):
             found = self.runners.get(grant.job_id)
             if found is not None and found.wake_fd is not None:
                 runner.notify(found.wake_fd)
@@ -299,26 +300,27 @@ class Daemon(RunnerHost):
         # stages suspended for a measurement that ended (or died) while we were down
         self.dispatcher.resume_finished(now)
 
-    def _spawn(self, now: float | None) -> None:
+    def _spawn(self, now: float | None, view: PassView) -> None:
         """Fork runners for queued jobs, at most ``SPAWN_BATCH`` per pass.
 
         A fork takes milliseconds; forking 64 runners in one pass kept the first ones
         waiting for their first grant until the last was forked (p99 grant latency 440 ms
         in benchmarks/sched_overhead.py). Between batches the pass grants what is asked.
         """
-        load = self.registry.host_load()  # agents that are up: (running jobs, max_jobs)
+        load = view.host_load  # agents that are up: (running jobs, max_jobs)
         local = self.config.max_jobs if self.config.local_jobs else 0
         free: dict[str | None, int] = {None: local - len(self.runners)}
         free.update({name: most - running for name, (running, most) in load.items()})
         running = len(self.runners) + sum(running for running, _ in load.values())
-        limit = self.dispatcher.strategy.max_active_jobs(local + sum(m for _, m in load.values()))
+        strategy = self.dispatcher.strategy_in(view.setting("strategy"))
+        limit = strategy.max_active_jobs(local + sum(m for _, m in load.values()))
         room = min(limit - running, SPAWN_BATCH + 1)
         self._spawn_pending = False
         if room <= 0:
             return
-        queued = self.registry.queued_jobs(room)
+        queued = view.queued[:room]
         self._spawn_pending = len(queued) > SPAWN_BATCH
-        hosts = self._place(queued[:SPAWN_BATCH], free, load)
+        hosts = self._place(queued[:SPAWN_BATCH], free, load, view.resources)
         if not hosts:
             return
         for job in queued[:SPAWN_BATCH]:
@@ -331,7 +333,11 @@ class Daemon(RunnerHost):
         self._fork([(job_id, n) for job_id, n in claimed.items() if hosts[job_id] is None], now)
 
     def _place(
-        self, jobs: list[dict], free: dict[str | None, int], load: dict[str, tuple[int, int]]
+        self,
+        jobs: list[dict],
+        free: dict[str | None, int],
+        load: dict[str, tuple[int, int]],
+        resources: dict[str, Resource],
     ) -> dict[int, str | None]:
         """Choose a host for each job: one with room whose resources can measure it (any
         host for a remote device), the least busy first, the daemon's own on a tie."""
@@ -339,7 +345,7 @@ class Daemon(RunnerHost):
             return {job["id"]: None for job in jobs[: max(0, free[None])]}
         busy = {None: self.config.max_jobs - free[None], **{n: r for n, (r, _) in load.items()}}
         kinds: dict[str | None, set[str]] = {}
-        for res in self.registry.resources().values():
+        for res in resources.values():
             kinds.setdefault(res.host, set()).add(res.device_kind)
         placed: dict[int, str | None] = {}
         for job in jobs:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .models import Grant
-from .registry import Registry
+from .registry import PassView, Registry
 from .strategies import Snapshot, Strategy, get_strategy
 
 DEFAULT_STRATEGY = "interleaved"
@@ -19,11 +19,6 @@ DEFAULT_STRATEGY = "interleaved"
 # given the holders of leases: suspend returns the epochs it stopped (None: all of them)
 SuspendFn = Callable[[list[dict[str, Any]]], list[int] | None]
 ResumeFn = Callable[[list[dict[str, Any]]], None]
-
-
-def preempt_enabled(registry: Registry) -> bool:
-    """The ``preempt`` setting (``sched start --no-preempt`` turns it off); on by default."""
-    return registry.get_setting("preempt", "on") != "off"
 
 
 class Dispatcher:
@@ -50,14 +45,32 @@ class Dispatcher:
         """The fixed strategy, else the one stored in the registry (changeable while running)."""
         if self._fixed is not None:
             return self._fixed
-        name = self.registry.get_setting("strategy", DEFAULT_STRATEGY) or DEFAULT_STRATEGY
+        return self.strategy_in(self.registry.get_setting("strategy"))
+
+    def strategy_in(self, name: str | None) -> Strategy:
+        """The fixed strategy, else the one the ``strategy`` setting ``name`` names."""
+        if self._fixed is not None:
+            return self._fixed
+        name = name or DEFAULT_STRATEGY
         if self._named is None or self._named.name != name:
             self._named = get_strategy(name)
         return self._named
 
-    def resume_finished(self, now: float | None = None) -> int:
-        """Continue the stages suspended for measurements that have ended; how many."""
-        leases = self.registry.suspended_leases()
+    @property
+    def wants_estimates(self) -> bool:
+        """Does the strategy last used read stage estimates (so a pass reads them too)?"""
+        known = self._fixed or self._named
+        return known is not None and known.uses_estimates
+
+    def view(self, *, queued: int = 0) -> PassView:
+        return self.registry.pass_view(queued=queued, estimates=self.wants_estimates)
+
+    def resume_finished(
+        self, now: float | None = None, leases: list[dict[str, Any]] | None = None
+    ) -> int:
+        """Continue the stages suspended for measurements that have ended (``leases``, if
+        already read); how many."""
+        leases = self.registry.suspended_leases() if leases is None else leases
         if not leases:
             return 0
         if self.resume is not None:
@@ -65,22 +78,28 @@ class Dispatcher:
         self.registry.resume_leases([lease["epoch"] for lease in leases], now=now)
         return len(leases)
 
-    def dispatch(self, now: float | None = None) -> list[Grant]:
-        """Grant what the strategy allows.  With ``now=None`` (wall clock) the grants are
-        stamped under the write lock, so the event log orders them after every release
-        they depend on; the simulator passes its own clock."""
-        self.resume_finished(now)
-        pending = self.registry.pending()
-        if not pending:
+    def dispatch(self, now: float | None = None, view: PassView | None = None) -> list[Grant]:
+        """Grant what the strategy allows, from ``view`` if the caller has read it.  With
+        ``now=None`` (wall clock) the grants are stamped under the write lock, so the event
+        log orders them after every release they depend on; the simulator passes its own
+        clock."""
+        view = view or self.view()
+        if self.resume_finished(now, view.suspended):
+            view = self.view()  # the resumed leases hold their units again
+        if not view.pending:
             return []
-        strategy = self.strategy
+        strategy = self.strategy_in(view.setting("strategy"))
+        estimates = None
+        if strategy.uses_estimates:
+            estimates = view.estimates or self.registry.stage_estimates()
         snap = Snapshot(
-            resources=self.registry.resources(),
-            pending=pending,
-            leases=self.registry.active_leases(),
+            resources=view.resources,
+            pending=view.pending,
+            leases=view.leases,
             now=time.time() if now is None else now,
-            estimates=self.registry.stage_estimates() if strategy.uses_estimates else None,
-            preempt=self.suspend is not None and preempt_enabled(self.registry),
+            estimates=estimates,
+            # the preempt setting: ``sched start --no-preempt`` turns it off
+            preempt=self.suspend is not None and view.setting("preempt", "on") != "off",
         )
         decision = strategy.decide(snap)
         changed = {j: r for j, r in decision.waits.items() if self._reasons.get(j) != r}

@@ -24,6 +24,7 @@ from .paths import jobs_dir, local_base
 from .registry import Registry
 
 EXIT_OK, EXIT_FAILED, EXIT_FENCED = 0, 1, 3
+WAKE_WAIT_S = 0.05  # the first wait for the daemon's wake-up after a request, doubling
 
 
 class Heartbeat(threading.Thread):
@@ -102,8 +103,14 @@ def notify(fd: int | None) -> None:
 
 
 def wait_for_grant(registry: Registry, request_id: int, wakeup: Wakeup) -> dict:
-    """Poll with backoff: up to 0.5 s apart while the daemon can wake us, 0.1 s once not."""
-    delay = 0.002
+    """Poll with backoff: up to 0.5 s apart while the daemon can wake us, 0.1 s once not.
+
+    With a pipe, the first poll waits for the daemon's wake-up (it writes once it has
+    granted), so a grant usually costs one poll: polling at 2, 4, 8 ms meanwhile cost
+    four polls a grant, and their CPU slowed every grant on a busy host."""
+    delay = WAKE_WAIT_S if wakeup.fd is not None else 0.002
+    if wakeup.fd is not None:
+        wakeup.wait(delay)
     while True:
         grant = registry.poll_grant(request_id)
         if grant is not None:

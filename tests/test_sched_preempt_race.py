@@ -1,4 +1,5 @@
-"""A measurement that ends between a pass's ``resume_finished`` and its grant (issue 12).
+"""A measurement that ends between a pass's reads (and ``resume_finished``) and its
+grant (issue 12).
 
 Its suspended stages are not resumed yet, and were counted as using no cpu, so the
 pass granted their slots again: the next pass resumed them onto cores already given
@@ -35,8 +36,8 @@ class Scene:
         )
         resume = self.dispatcher.resume_finished
 
-        def racing(now=None):
-            count = resume(now)
+        def racing(now=None, leases=None):
+            count = resume(now, leases)
             while self.window:
                 self.window.pop(0)()
             return count

@@ -19,9 +19,10 @@ from .hosts import HostsMixin
 from .jobs import JobsMixin
 from .schema import MIGRATIONS
 from .stages import StagesMixin
+from .view import PassView, ViewMixin
 
-__all__ = ["BUSY_TIMEOUT_S", "MIGRATIONS", "Registry", "RegistryError"]
+__all__ = ["BUSY_TIMEOUT_S", "MIGRATIONS", "PassView", "Registry", "RegistryError"]
 
 
-class Registry(JobsMixin, StagesMixin, DevicesMixin, HostsMixin, RegistryBase):
+class Registry(JobsMixin, StagesMixin, DevicesMixin, HostsMixin, ViewMixin, RegistryBase):
     """All persistent state of one scheduler: one SQLite file or PostgreSQL database."""

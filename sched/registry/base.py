@@ -61,6 +61,28 @@ def open_store(db: str | os.PathLike[str], *, timeout: float) -> SQLiteStore | P
     return SQLiteStore(db, timeout=timeout)
 
 
+RESOURCES_SQL = (
+    "SELECT name, kind, capacity, exclusive, device_group, rpc, down_reason, host"
+    " FROM resources ORDER BY rowid"
+)
+
+
+def _resources(rows: Any) -> dict[str, Resource]:
+    return {
+        r[0]: Resource(
+            r[0],
+            ResourceKind(r[1]),
+            int(r[2]),
+            bool(r[3]),
+            group=r[4],
+            rpc=json.loads(r[5]) if r[5] else None,
+            down=r[6],
+            host=r[7],
+        )
+        for r in rows
+    }
+
+
 def _job_dict(row: Any) -> JobRecord:
     job: Any = dict(row)
     for key in ("spec", "progress", "result"):
@@ -219,20 +241,9 @@ class RegistryBase:
         )
 
     def resources(self) -> dict[str, Resource]:
-        rows = self.conn.execute(
-            "SELECT name, kind, capacity, exclusive, device_group, rpc, down_reason, host"
-            " FROM resources ORDER BY rowid"
-        )
-        return {
-            r[0]: Resource(
-                r[0],
-                ResourceKind(r[1]),
-                int(r[2]),
-                bool(r[3]),
-                group=r[4],
-                rpc=json.loads(r[5]) if r[5] else None,
-                down=r[6],
-                host=r[7],
-            )
-            for r in rows
-        }
+        return _resources(self.conn.execute(RESOURCES_SQL))
+
+    def _read_many(self, queries: list[tuple[str, tuple[Any, ...]]]) -> list[list[Any]]:
+        """The rows of several reads, all from one snapshot of the registry, in one round
+        trip on PostgreSQL (``store.read_many``)."""
+        return self.store.read_many(self.conn, queries)

@@ -159,9 +159,10 @@ class DevicesMixin(RegistryBase):
                 conn, now, EventKind.DEVICE_DOWN, job_id, kind, epoch, {device: 1},
                 {"reason": reason},
             )  # fmt: skip
-            return self._insert_request(
+            requested = self._insert_request(
                 conn, job_id, attempt, index, kind, json.loads(needs), json.loads(info), now
             )
+        return requested()
 
     def rpc_of(self, names: list[str]) -> dict[str, Any] | None:
         """The RPC address (plus ``name``) of the remote device among ``names``, if any."""

@@ -17,6 +17,14 @@ from .base import RegistryBase, retried
 from .health import RegistryError
 
 HOST_COLUMNS = "name, pid, started, max_jobs, registered_at, heartbeat_at, state, reason"
+HOST_LOAD_SQL = (
+    "SELECT h.name, h.max_jobs, (SELECT COUNT(*) FROM jobs j WHERE j.host = h.name"
+    " AND j.state = 'running') FROM hosts h WHERE h.state = 'up' ORDER BY h.name"
+)
+
+
+def _load(rows) -> dict[str, tuple[int, int]]:
+    return {r[0]: (int(r[2]), int(r[1])) for r in rows}
 
 
 class HostsMixin(RegistryBase):
@@ -84,11 +92,7 @@ class HostsMixin(RegistryBase):
 
     def host_load(self) -> dict[str, tuple[int, int]]:
         """Per agent that is up: (running jobs placed on it, its max_jobs)."""
-        rows = self.conn.execute(
-            "SELECT h.name, h.max_jobs, (SELECT COUNT(*) FROM jobs j WHERE j.host = h.name"
-            " AND j.state = 'running') FROM hosts h WHERE h.state = 'up' ORDER BY h.name"
-        )
-        return {r[0]: (int(r[2]), int(r[1])) for r in rows}
+        return _load(self.conn.execute(HOST_LOAD_SQL))
 
     def stale_hosts(self, timeout: float) -> list[dict[str, Any]]:
         """Agents up whose heartbeat (database clock) is older than ``timeout`` seconds."""

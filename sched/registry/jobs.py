@@ -19,6 +19,11 @@ from .health import RegistryError
 from .stages import WAKE_CHANNEL
 
 _WAITING = "waiting for the daemon to start a runner"
+QUEUED_SQL = (  # the next jobs to start: queued, no sub-job of theirs still to run
+    f"SELECT {_JOB_COLUMNS} FROM jobs p WHERE state = 'queued' AND NOT EXISTS"
+    " (SELECT 1 FROM jobs c WHERE c.parent_id = p.id AND c.state IN"
+    " ('queued', 'running')) ORDER BY priority DESC, id LIMIT ?"
+)
 
 
 class JobsMixin(RegistryBase):
@@ -139,13 +144,7 @@ class JobsMixin(RegistryBase):
         return state
 
     def queued_jobs(self, limit: int) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs p WHERE state = 'queued' AND NOT EXISTS"
-            " (SELECT 1 FROM jobs c WHERE c.parent_id = p.id AND c.state IN"
-            " ('queued', 'running')) ORDER BY priority DESC, id LIMIT ?",
-            (limit,),
-        )
-        return [_job_dict(r) for r in rows]
+        return [_job_dict(r) for r in self.conn.execute(QUEUED_SQL, (limit,))]
 
     def running_jobs(self, *, host: str | None | bool = True) -> list[dict[str, Any]]:
         """Running jobs: all of them (``host=True``), or those on one host (an agent's

@@ -76,7 +76,18 @@ class PgConnection:
     def __init__(self, raw, opener) -> None:
         self.raw = raw
         self._opener = opener
-        self.clock = 0.0  # the server's time when the current write took the write lock
+        self._clock = 0.0
+        self._clock_cursor = None  # the write lock's statement, its result not read yet
+
+    @property
+    def clock(self) -> float:
+        """The server's time when the current write took the write lock. Read when first
+        asked for, so that what a write sends before asking (its reads) travels with the
+        lock in one round trip."""
+        if self._clock_cursor is not None:
+            cursor, self._clock_cursor = self._clock_cursor, None
+            self._clock = float(cursor.fetchone()[1])
+        return self._clock
 
     @property
     def closed(self) -> bool:
@@ -102,6 +113,7 @@ class PostgresStore:
     """One PostgreSQL database as the registry; a connection per process and thread."""
 
     kind = "postgresql"
+    READ_BEFORE_COMMIT = False  # the results of a write come back with its commit
     NOW_SQL = PG_NOW  # the server's clock
 
     @staticmethod
@@ -112,6 +124,24 @@ class PostgresStore:
     @staticmethod
     def read_clock(conn: PgConnection) -> float:
         return float(conn.execute(f"SELECT {PG_NOW}").fetchone()[0])
+
+    @staticmethod
+    def read_many(conn: PgConnection, queries) -> list[list[Any]]:
+        """The rows of each ``(sql, params)``, from one snapshot (a read-only repeatable
+        read transaction), sent in one pipeline: one round trip for all of them."""
+        raw = conn.raw
+        if raw.info.transaction_status != _idle():  # inside a write: its own snapshot
+            return [conn.execute(sql, params).fetchall() for sql, params in queries]
+        try:
+            with raw.pipeline():
+                raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                cursors = [conn.execute(sql, params) for sql, params in queries]
+                raw.execute("COMMIT")
+        except BaseException:
+            if not raw.closed and raw.info.transaction_status != _idle():
+                raw.execute("ROLLBACK")
+            raise
+        return [cursor.fetchall() for cursor in cursors]
 
     def __init__(self, url: str, *, timeout: float) -> None:
         self.url = url
@@ -237,9 +267,11 @@ class PostgresStore:
                 if begin:
                     conn.execute("BEGIN")
                 # the write lock, and the server's clock once it is held: what the
-                # caller stamps (RegistryBase._now) is stamped under the lock
-                conn.clock = float(conn.execute(LOCK_AND_CLOCK, (WRITE_KEY,)).fetchone()[1])
+                # caller stamps (RegistryBase._now) is stamped under the lock. Its result
+                # is read with the body's first one (``PgConnection.clock``)
+                conn._clock_cursor = conn.execute(LOCK_AND_CLOCK, (WRITE_KEY,))
                 yield conn
+                conn.clock  # noqa: B018 - a body that read nothing: the lock's error, if any
                 committing = True
                 conn.execute("COMMIT")
         except _psycopg().OperationalError as exc:
@@ -256,6 +288,7 @@ class PostgresStore:
                 conn.execute("ROLLBACK")
             raise
         finally:
+            conn._clock_cursor = None
             if held:
                 self._local.gate_held = False
                 if not conn.closed:

@@ -31,6 +31,7 @@ class SQLiteStore:
     """One registry file; lock descriptors per process and thread, never reused across fork."""
 
     kind = "sqlite"
+    READ_BEFORE_COMMIT = True  # a write statement not read to its end stops the commit
     NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"  # one host: its clock
 
     def __init__(self, path: Path, *, timeout: float) -> None:
@@ -153,6 +154,18 @@ class SQLiteStore:
         finally:
             if use_gate:
                 fcntl.flock(gate_fd, fcntl.LOCK_UN)
+
+    @staticmethod
+    def read_many(conn: sqlite3.Connection, queries) -> list[list[sqlite3.Row]]:
+        """The rows of each ``(sql, params)``, from one snapshot: a read transaction (WAL
+        readers see the last commit before it began, whatever commits meanwhile)."""
+        if conn.in_transaction:
+            return [conn.execute(sql, params).fetchall() for sql, params in queries]
+        conn.execute("BEGIN")
+        try:
+            return [conn.execute(sql, params).fetchall() for sql, params in queries]
+        finally:
+            conn.execute("COMMIT")
 
     @staticmethod
     def clock(conn: sqlite3.Connection) -> float:

@@ -39,12 +39,93 @@ WANTED = (
 )
 
 
+PENDING_SQL = (
+    "SELECT r.id, r.job_id, r.kind, r.needs, r.requested_at, j.priority, j.device_kind,"
+    " r.info, j.host FROM requests r JOIN jobs j ON j.id = r.job_id"
+    " WHERE r.state = 'pending' ORDER BY r.id"
+)
+ACTIVE_LEASES_SQL = (
+    "SELECT epoch, job_id, kind, resources, granted_at, started_at, suspended_for,"
+    " request_id, remote_suspend FROM leases WHERE state = 'active' ORDER BY epoch"
+)
+SUSPENDED_SQL = (  # of one host's jobs (its name, '' for the daemon's own)
+    "SELECT l.epoch, l.job_id, l.kind, l.holder_pid, l.holder_started FROM leases l"
+    " JOIN jobs j ON j.id = l.job_id"
+    " WHERE l.state = 'active' AND l.suspended_for IS NOT NULL"
+    f" AND NOT {SUSPENDER_ACTIVE} AND COALESCE(j.host, '') = ? ORDER BY l.epoch"
+)
+ESTIMATES_SQL = "SELECT job_id, kind, count, seconds FROM stage_stats"
+# inside a grant, under the write lock: capacities, units held, units reserved by agents
+CAPACITY_SQL = "SELECT name, capacity FROM resources"
+UNITS_HELD_SQL = (  # but for suspended leases whose measurement still runs (lent to it)
+    "SELECT l.resources FROM leases l WHERE l.state = 'active'"
+    f" AND NOT (l.suspended_for IS NOT NULL AND {SUSPENDER_LEASED})"
+)
+LAST_EPOCH_SQL = "SELECT COALESCE(MAX(epoch), 0) FROM leases"
+RESERVED_SQL = (  # per pending request: the leases an agent suspended for it
+    "SELECT l.suspended_for, l.resources FROM leases l WHERE l.state = 'active'"
+    f" AND l.remote_suspend = 1 AND NOT {SUSPENDER_LEASED}"
+)
+
+
+def _pending(rows) -> list[Pending]:
+    return [
+        Pending(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], json.loads(r[7]), r[8])
+        for r in rows
+    ]
+
+
+def _held(rows) -> list[Held]:
+    return [
+        Held(
+            r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6] is not None, r[6], r[7],
+            bool(r[8]),
+        )
+        for r in rows
+    ]
+
+
+def _estimates(rows) -> tuple[dict[tuple[int, str], float], dict[str, float]]:
+    per_job: dict[tuple[int, str], float] = {}
+    totals: dict[str, list[float]] = {}
+    for job_id, kind, count, seconds in rows:
+        per_job[(job_id, kind)] = seconds / count
+        acc = totals.setdefault(kind, [0.0, 0.0])
+        acc[0] += seconds
+        acc[1] += count
+    return per_job, {k: s / n for k, (s, n) in totals.items() if n}
+
+
+def _units_held(rows) -> dict[str, int]:
+    used: dict[str, int] = {}
+    for (held,) in rows:
+        for name, amount in json.loads(held).items():
+            used[name] = used.get(name, 0) + amount
+    return used
+
+
+def _reserved(rows) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = {}
+    for request_id, held in rows:
+        units = out.setdefault(int(request_id), {})
+        for name, amount in json.loads(held).items():
+            units[name] = units.get(name, 0) + amount
+    return out
+
+
 class StagesMixin(RegistryBase):
-    def _insert_request(self, conn, job_id, attempt, stage_index, kind, needs, info, now) -> int:
-        row = conn.execute(  # one statement: fenced by the job's attempt and state
+    def _insert_request(
+        self, conn, job_id, attempt, stage_index, kind, needs, info, now
+    ) -> Callable[[], int]:
+        """Request a stage, fenced by the job's attempt and state: what the job row says,
+        the log and the wake-up are written only with the request (the same condition),
+        so none of them needs the insert's result. Returns what reads the request's id
+        once the write has committed (``Fenced`` if the job may not request stages), so
+        on PostgreSQL the request and the commit go to the server in one round trip."""
+        fence = "id = ? AND attempt = ? AND state = 'running' AND cancel_requested = 0"
+        cursor = conn.execute(
             "INSERT INTO requests (job_id, attempt, stage_index, kind, needs, info, state,"
-            " requested_at) SELECT id, attempt, ?, ?, ?, ?, ?, ? FROM jobs"
-            " WHERE id = ? AND attempt = ? AND state = 'running' AND cancel_requested = 0"
+            f" requested_at) SELECT id, attempt, ?, ?, ?, ?, ?, ? FROM jobs WHERE {fence}"
             " RETURNING id",
             (
                 stage_index,
@@ -56,17 +137,26 @@ class StagesMixin(RegistryBase):
                 job_id,
                 attempt,
             ),
-        ).fetchone()
-        if row is None:
-            raise Fenced(f"job {job_id} attempt {attempt} may not request stages")
-        rid = row[0]
-        conn.execute(
-            "UPDATE jobs SET stage = ?, wait_reason = 'waiting for a grant' WHERE id = ?",
-            (kind, job_id),
         )
-        self._event(conn, now, EventKind.REQUEST, job_id, kind, detail={"needs": needs})
+        early = cursor.fetchone() if self.store.READ_BEFORE_COMMIT else None
+        conn.execute(
+            f"UPDATE jobs SET stage = ?, wait_reason = 'waiting for a grant' WHERE {fence}",
+            (kind, job_id, attempt),
+        )
+        conn.execute(
+            "INSERT INTO events (ts, kind, job_id, stage, epoch, resources, detail)"
+            f" SELECT ?, ?, id, ?, NULL, NULL, ? FROM jobs WHERE {fence}",
+            (now, EventKind.REQUEST.value, kind, _dumps({"needs": needs}), job_id, attempt),
+        )
         self.store.notify(conn, WAKE_CHANNEL)  # a daemon on another host hears it at commit
-        return int(rid)
+
+        def requested() -> int:
+            row = early if self.store.READ_BEFORE_COMMIT else cursor.fetchone()
+            if row is None:
+                raise Fenced(f"job {job_id} attempt {attempt} may not request stages")
+            return int(row[0])
+
+        return requested
 
     @retried
     def request_stage(
@@ -82,22 +172,13 @@ class StagesMixin(RegistryBase):
     ) -> int:
         with self._write() as conn:
             now = self._now(conn, now)  # stamped under the write lock
-            return self._insert_request(
+            requested = self._insert_request(
                 conn, job_id, attempt, stage_index, kind, needs, info or {}, now
             )
+        return requested()
 
     def pending(self) -> list[Pending]:
-        rows = self.conn.execute(
-            "SELECT r.id, r.job_id, r.kind, r.needs, r.requested_at, j.priority,"
-            " j.device_kind, r.info, j.host FROM requests r JOIN jobs j ON j.id = r.job_id"
-            " WHERE r.state = 'pending' ORDER BY r.id"
-        )
-        return [
-            Pending(
-                r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], json.loads(r[7]), r[8]
-            )
-            for r in rows
-        ]
+        return _pending(self.conn.execute(PENDING_SQL))
 
     def poll_grant(self, request_id: int) -> dict[str, Any] | None:
         row = self.conn.execute(
@@ -147,11 +228,22 @@ class StagesMixin(RegistryBase):
         if suspend and not self._gate_ready(GATE_WAIT_S):
             suspend = {}
         with self._write(gate=bool(suspend)) as conn:
+            # sent with the write lock, read once it is held: one round trip on PostgreSQL
+            reads = [
+                conn.execute(sql)
+                for sql in (CAPACITY_SQL, UNITS_HELD_SQL, RESERVED_SQL, LAST_EPOCH_SQL)
+            ]
             now = self._now(conn, now)  # stamped under the write lock
-            capacity = dict(conn.execute("SELECT name, capacity FROM resources").fetchall())
-            used = self._units_held(conn)
-            reserved = self._reserved(conn)
+            capacity = dict(reads[0].fetchall())
+            used = _units_held(reads[1].fetchall())
+            reserved = _reserved(reads[2].fetchall())
+            floor = int(reads[3].fetchone()[0])  # this write's leases have higher epochs
+            sent: list[tuple[Pending, dict[str, int], Any]] = []
+            asked: set[int] = set()
             for pending, resources in grants:
+                if pending.request_id in asked:  # its request is marked granted only later
+                    continue
+                asked.add(pending.request_id)
                 lent: dict[str, int] = {}
                 if pending.request_id in suspend:
                     lent = self._suspend(
@@ -162,56 +254,82 @@ class StagesMixin(RegistryBase):
                     used.get(n, 0) - extra.get(n, 0) + a <= capacity.get(n, 0)
                     for n, a in resources.items()
                 )
-                grant = self._lease(conn, pending, resources, now) if fits else None
-                if grant is None:  # what it suspended lends to nothing: resumed next pass
+                if not fits:  # what it suspended lends to nothing: resumed next pass
                     for name, amount in lent.items():
                         used[name] = used.get(name, 0) + amount
                     continue
                 for name, amount in resources.items():
                     used[name] = used.get(name, 0) + amount
-                done.append(grant)
+                inserted = self._send_lease(conn, pending, resources, now)
+                if lent:  # read now: a request no longer pending gives its loan back
+                    grant = self._record_lease(conn, pending, resources, inserted, now)
+                    if grant is None:
+                        for name in set(lent) | set(resources):
+                            used[name] += lent.get(name, 0) - resources.get(name, 0)
+                    else:
+                        done.append(grant)
+                else:  # recorded together below; one no longer pending (a cancelled
+                    sent.append((pending, resources, inserted))  # job) counts to the end
+            if sent:
+                self._record_leases(conn, floor, [p.request_id for p, _, _ in sent])
             for job_id, reason in (reasons or {}).items():
                 conn.execute("UPDATE jobs SET wait_reason = ? WHERE id = ?", (reason, job_id))
-            if done:  # agents pass it on to their runners
-                self.store.notify(conn, GRANT_CHANNEL, ",".join(str(g.job_id) for g in done))
+            granted = done + [Grant(p.request_id, p.job_id, 0, r) for p, r, _ in sent]
+            if granted:  # agents pass it on to their runners (a job not granted: no harm)
+                self.store.notify(conn, GRANT_CHANNEL, ",".join(str(g.job_id) for g in granted))
+            rows = [cur.fetchone() for _, _, cur in sent] if self.store.READ_BEFORE_COMMIT else []
+        # on PostgreSQL the epochs are read after the commit: the inserts, the statements
+        # that record them and the commit went to the server in one round trip
+        rows = rows or [cur.fetchone() for _, _, cur in sent]
+        for (pending, resources, _), row in zip(sent, rows):
+            if row is not None:
+                done.append(Grant(pending.request_id, pending.job_id, int(row[0]), resources))
         return done
 
-    @staticmethod
-    def _reserved(conn) -> dict[int, dict[str, int]]:
-        """Per pending request: the units of the leases an agent suspended for it."""
-        out: dict[int, dict[str, int]] = {}
-        for request_id, held in conn.execute(
-            "SELECT l.suspended_for, l.resources FROM leases l WHERE l.state = 'active'"
-            f" AND l.remote_suspend = 1 AND NOT {SUSPENDER_LEASED}"
-        ):
-            units = out.setdefault(int(request_id), {})
-            for name, amount in json.loads(held).items():
-                units[name] = units.get(name, 0) + amount
-        return out
+    def _record_leases(self, conn, floor: int, request_ids: list[int]) -> None:
+        """What ``_record_lease`` writes, for every lease of ``request_ids`` this write
+        inserted (epoch above ``floor``), in three statements that need no result of the
+        inserts: so they go with them, and with the commit, in one round trip."""
+        marks = ",".join("?" * len(request_ids))
+        mine = f"l.epoch > ? AND l.request_id IN ({marks})"  # the leases this write made
+        args = (floor, *request_ids)
+        conn.execute(
+            "UPDATE requests SET state = 'granted', epoch = (SELECT l.epoch FROM leases l"
+            f" WHERE l.request_id = requests.id AND {mine})"
+            f" WHERE id IN (SELECT l.request_id FROM leases l WHERE {mine})",
+            (*args, *args),
+        )
+        conn.execute(
+            "UPDATE jobs SET stage = (SELECT l.kind FROM leases l WHERE l.job_id = jobs.id"
+            f" AND {mine} ORDER BY l.epoch DESC LIMIT 1), wait_reason = NULL"
+            f" WHERE id IN (SELECT l.job_id FROM leases l WHERE {mine})",
+            (*args, *args),
+        )
+        conn.execute(
+            "INSERT INTO events (ts, kind, job_id, stage, epoch, resources, detail)"
+            " SELECT l.granted_at, ?, l.job_id, l.kind, l.epoch, l.resources, NULL"
+            f" FROM leases l WHERE {mine} ORDER BY l.epoch",
+            (EventKind.GRANT.value, *args),
+        )
 
     @staticmethod
-    def _units_held(conn) -> dict[str, int]:
-        """Units held by active leases, but for suspended ones whose measurement still
-        runs (their units are lent to it)."""
-        used: dict[str, int] = {}
-        for (held,) in conn.execute(
-            "SELECT l.resources FROM leases l WHERE l.state = 'active'"
-            f" AND NOT (l.suspended_for IS NOT NULL AND {SUSPENDER_LEASED})"
-        ):
-            for name, amount in json.loads(held).items():
-                used[name] = used.get(name, 0) + amount
-        return used
-
-    def _lease(self, conn, pending: Pending, resources: dict[str, int], now: float) -> Grant | None:
-        """Grant ``pending`` with ``resources`` (inside ``grant``); None if no longer pending."""
-        row = conn.execute(  # one statement (one round trip): the lease of a pending request
+    def _send_lease(conn, pending: Pending, resources: dict[str, int], now: float) -> Any:
+        """The lease of a pending request, in one statement (inside ``grant``): its
+        cursor, whose epoch ``_record_lease`` reads (none if no longer pending)."""
+        return conn.execute(
             "INSERT INTO leases (request_id, job_id, kind, resources, holder_pid,"
             " holder_started, state, granted_at, heartbeat_at)"
             " SELECT r.id, r.job_id, ?, ?, j.runner_pid, j.runner_started, 'active', ?, ?"
             " FROM requests r JOIN jobs j ON j.id = r.job_id"
             " WHERE r.id = ? AND r.state = 'pending' RETURNING epoch",
             (pending.kind, _dumps(resources), now, now, pending.request_id),
-        ).fetchone()
+        )
+
+    def _record_lease(
+        self, conn, pending: Pending, resources: dict[str, int], inserted: Any, now: float
+    ) -> Grant | None:
+        """The rest of a lease ``_send_lease`` inserted; None if it inserted none."""
+        row = inserted.fetchone()
         if row is None:
             return None
         epoch = row[0]
@@ -290,14 +408,7 @@ class StagesMixin(RegistryBase):
     def suspended_leases(self, *, host: str | None = None) -> list[dict[str, Any]]:
         """Suspended leases whose measurement has ended (its lease is no longer active),
         of jobs on ``host`` (None: the daemon's own; each host continues its own)."""
-        rows = self.conn.execute(
-            "SELECT l.epoch, l.job_id, l.kind, l.holder_pid, l.holder_started FROM leases l"
-            " JOIN jobs j ON j.id = l.job_id"
-            " WHERE l.state = 'active' AND l.suspended_for IS NOT NULL"
-            f" AND NOT {SUSPENDER_ACTIVE} AND COALESCE(j.host, '') = ? ORDER BY l.epoch",
-            (host or "",),
-        )
-        return [dict(r) for r in rows]
+        return [dict(r) for r in self.conn.execute(SUSPENDED_SQL, (host or "",))]
 
     def wanted_suspensions(self, host: str) -> list[dict[str, Any]]:
         """The leases of ``host``'s jobs that the daemon asked its agent to suspend."""
@@ -398,17 +509,7 @@ class StagesMixin(RegistryBase):
                 self._event(conn, now, EventKind.RESUME, job_id, kind, epoch, json.loads(resources))
 
     def active_leases(self) -> list[Held]:
-        rows = self.conn.execute(
-            "SELECT epoch, job_id, kind, resources, granted_at, started_at, suspended_for,"
-            " request_id, remote_suspend FROM leases WHERE state = 'active' ORDER BY epoch"
-        )
-        return [
-            Held(
-                r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6] is not None, r[6], r[7],
-                bool(r[8]),
-            )
-            for r in rows
-        ]
+        return _held(self.conn.execute(ACTIVE_LEASES_SQL))
 
     @retried
     def start_stage(self, epoch: int, *, now: float | None = None) -> None:
@@ -449,35 +550,45 @@ class StagesMixin(RegistryBase):
 
         One transaction, fenced by the epoch: a stale runner changes nothing.  A stage too
         short for its heartbeat thread to have recorded its start gets it recorded here.
+        A job that may no longer ask for stages (its cancel was asked) has the stage it ran
+        recorded, and its next request refused: ``Fenced``, once the write has committed.
         """
         with self._write() as conn:
-            now = self._now(conn, now)  # stamped under the write lock
             job_id, kind, resources, paused, attempt = self._release_done(
                 conn, epoch, started_at, now
             )
+            now = self._now(conn, now)  # the write lock's clock, read with the lease
             seconds = max(0.0, seconds - paused)  # time spent suspended is not the stage's
             self._record_stage(conn, job_id, kind, epoch, resources, seconds, progress, now)
             if next_stage is None:
                 return None
             index, next_kind, needs, info = next_stage
-            return self._insert_request(conn, job_id, attempt, index, next_kind, needs, info, now)
+            requested = self._insert_request(
+                conn, job_id, attempt, index, next_kind, needs, info, now
+            )
+        return requested()
 
     def _release_done(
-        self, conn: Connection, epoch: int, started_at: float | None, now: float
+        self, conn: Connection, epoch: int, started_at: float | None, now: float | None
     ) -> tuple[int, str, dict[str, int], float, int]:
         """Release an active lease whose stage ran (Fenced if it is not active) and mark
         its request done; returns its job, stage kind, resources, seconds paused and the
-        job's attempt."""
-        row = conn.execute(
-            "SELECT l.job_id, l.kind, l.resources, l.request_id, l.started_at,"
-            " l.paused_s + COALESCE(? - l.suspended_at, 0), j.attempt, l.suspended_for"
+        job's attempt. Called first in its write: ``now`` None stamps it with the write
+        lock's clock, read in the same round trip as the lease."""
+        found = conn.execute(
+            "SELECT l.job_id, l.kind, l.resources, l.request_id, l.started_at, l.paused_s,"
+            " l.suspended_at, j.attempt, l.suspended_for"
             " FROM leases l JOIN jobs j ON j.id = l.job_id"
             " WHERE l.epoch = ? AND l.state = 'active'",
-            (now, epoch),
-        ).fetchone()
+            (epoch,),
+        )
+        now = self._now(conn, now)  # stamped under the write lock
+        row = found.fetchone()
         if row is None:
             raise Fenced(f"lease {epoch} is no longer active")
-        job_id, kind, resources, request_id, recorded_start, paused, attempt, suspended = row
+        job_id, kind, resources, request_id, recorded_start, paused, since, attempt = row[:8]
+        suspended = row[8]
+        paused += now - since if since is not None else 0.0
         resources = json.loads(resources)
         start = started_at if started_at is not None else now
         conn.execute(
@@ -536,16 +647,7 @@ class StagesMixin(RegistryBase):
 
     def stage_estimates(self) -> tuple[dict[tuple[int, str], float], dict[str, float]]:
         """Mean observed seconds per (job, stage kind) and per stage kind, from history."""
-        per_job: dict[tuple[int, str], float] = {}
-        totals: dict[str, list[float]] = {}
-        for job_id, kind, count, seconds in self.conn.execute(
-            "SELECT job_id, kind, count, seconds FROM stage_stats"
-        ):
-            per_job[(job_id, kind)] = seconds / count
-            acc = totals.setdefault(kind, [0.0, 0.0])
-            acc[0] += seconds
-            acc[1] += count
-        return per_job, {k: s / n for k, (s, n) in totals.items() if n}
+        return _estimates(self.conn.execute(ESTIMATES_SQL))
 
     # -- event log ---------------------------------------------------------------------
     def events(self, *, job_id: int | None = None, after_id: int = 0) -> list[dict[str, Any]]:
