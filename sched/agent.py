@@ -120,6 +120,7 @@ class Agent(RunnerHost):
         self._register()
         self._beats = threading.Thread(target=self._beat, name="host-heartbeat", daemon=True)
         self._beats.start()
+        threading.Thread(target=self._watch, name="self-fence", daemon=True).start()
 
     def _register(self) -> None:
         stored = self.registry.get_setting(HOST_TIMEOUT_KEY)
@@ -207,17 +208,12 @@ class Agent(RunnerHost):
 
     def _beat(self) -> None:
         """The heartbeat thread: renew every T/4, whatever the main loop is busy with (a
-        first TVM import takes seconds); fence this host itself when it must."""
+        first TVM import takes seconds); note when the daemon has fenced this host."""
         while not self._beats_stop.wait(self.timeout / 4):
             mono = time.monotonic()
             try:
                 renewed = self.registry.host_heartbeat(self.host, os.getpid())
-            except Exception as exc:  # the database is out of reach
-                if mono - self._last_beat >= self.timeout / 2:
-                    self._cut_off = True
-                    if self.runners:
-                        self._fence_self(f"no heartbeat renewed for "
-                                         f"{mono - self._last_beat:.1f} s ({exc})")  # fmt: skip
+            except Exception:  # the database is out of reach: ``_watch`` counts the time
                 continue
             if not renewed:  # the daemon fenced us: our jobs run elsewhere now
                 if not self._fenced:
@@ -227,11 +223,26 @@ class Agent(RunnerHost):
             self._last_beat = mono
             self._cut_off = False
 
-    def _fence_self(self, reason: str) -> None:
+    def _watch(self) -> None:
+        """The self-fence, on this host's own clock, in a thread that never waits for the
+        database: T/2 without a renewed heartbeat kills every runner, whether renewing
+        failed or still waits for an answer (a partition that drops packets leaves a
+        call waiting, and no error comes before the daemon has granted the stages again)."""
+        while not self._beats_stop.wait(self.timeout / 8):
+            silent = time.monotonic() - self._last_beat
+            if silent < self.timeout / 2:
+                continue
+            first = not self._cut_off
+            self._cut_off = True
+            if self.runners:
+                self._fence_self(f"no heartbeat renewed for {silent:.1f} s", say=first)
+
+    def _fence_self(self, reason: str, *, say: bool = True) -> None:
         """Kill every runner at once (their reaping records them once the database
         answers again; the daemon may already have requeued their jobs). The main loop
         says why, in the agent's log (a thread does not print while the loop may fork)."""
-        self._notices.append(f"sched agent {self.host}: {reason}; killed its runners")
+        if say:
+            self._notices.append(f"sched agent {self.host}: {reason}; killed its runners")
         while True:
             try:
                 runners = list(self.runners.values())

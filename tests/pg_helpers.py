@@ -83,3 +83,70 @@ class PgServer:
             self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Partition:
+    """A TCP port on 127.0.0.1 that forwards to the server's unix socket, for one host's
+    processes. ``cut()`` stops moving bytes either way and holds what is in flight, as
+    a network partition does (no error reaches either side: calls just wait); ``heal()``
+    delivers it and goes on."""
+
+    def __init__(self, server: PgServer) -> None:
+        import socket
+        import threading
+
+        self._socket, self._threading = socket, threading
+        [self.target] = glob.glob(str(server.socket / ".s.PGSQL.*[0-9]"))
+        self.open = threading.Event()
+        self.open.set()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.links: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, database_url: str) -> str:
+        """``database_url`` (one of ``PgServer.database``'s) through this port."""
+        name = database_url.split("/", 3)[3].split("?")[0]
+        return f"postgresql://sched@127.0.0.1:{self.port}/{name}"
+
+    def cut(self) -> None:
+        self.open.clear()
+
+    def heal(self) -> None:
+        self.open.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = self._socket.socket(self._socket.AF_UNIX)
+            upstream.connect(self.target)
+            self.links += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        try:
+            while True:
+                self.open.wait()
+                data = src.recv(65536)
+                if not data:
+                    break
+                self.open.wait()  # read during a cut: held until it heals
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (src, dst):
+                try:
+                    end.shutdown(self._socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.open.set()
+        self.listener.close()
+        for link in self.links:
+            link.close()

@@ -20,6 +20,8 @@ from tvmsched.models import Pending, Resource, ResourceKind
 from tvmsched.registry import Registry
 from tvmsched.strategies import Interleaved, Snapshot
 
+from .pg_helpers import Partition
+
 T = 2.0  # the host timeout the daemon runs with here
 pytestmark = pytest.mark.slow
 
@@ -27,8 +29,9 @@ pytestmark = pytest.mark.slow
 class Cluster:
     """A daemon that runs no jobs itself and agents named a, b, c."""
 
-    def __init__(self, url: str, tmp_path, names=("a", "b", "c")) -> None:
+    def __init__(self, url: str, tmp_path, names=("a", "b", "c"), via=None) -> None:
         self.url, self.tmp_path = url, tmp_path
+        self.via = via or {}  # an agent's own URL of the registry (through a Partition)
         api.start_daemon(url, resources={"cpu": 2},
                          extra=["--no-local-jobs", "--host-timeout", str(T)])  # fmt: skip
         self.agents: dict[str, subprocess.Popen] = {}
@@ -46,7 +49,8 @@ class Cluster:
         self.agents[name] = subprocess.Popen(
             [sys.executable, "-m", "tvmsched.agent", "--name", name,
              "--resource", "cpu=1", "--resource", "cpu-device=1"],
-            env=dict(os.environ, SCHED_DB=self.url), stdout=log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, SCHED_DB=self.via.get(name, self.url)), stdout=log,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
 
     def up(self) -> list[str]:
@@ -184,6 +188,51 @@ def test_a_stopped_agent_is_fenced_its_runners_stop_and_it_rejoins(cluster):
     assert {j["state"] for j in api.jobs(cluster.url)} == {"done"}
     # no exclusive device ever had two holders, and no host's pool was over-granted
     assert check_events(cluster.registry.events(), cluster.resources, strategy="interleaved") == []
+
+
+def _alive(pids) -> list[int]:
+    return [pid for pid in pids if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() not in ("zombie",)]  # fmt: skip
+
+
+def test_a_partitioned_agent_kills_its_runners_before_the_daemon_may_grant_again(
+    pg_server, tmp_path, monkeypatch
+):
+    """Agent a and its runners reach the server through a port that stops moving bytes
+    (no error comes back: their calls just wait). a kills its runners by T/2 on its own
+    clock, before the daemon fences it at T on the database's; after the partition
+    heals, a registers again and its jobs have finished elsewhere, with no device ever
+    held twice."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    url = pg_server.database()
+    partition = Partition(pg_server)
+    cluster = Cluster(url, tmp_path, via={"a": partition.url(url)})
+    try:
+        ids = [api.submit(cluster.url, mock="rounds=1,search=6,build=0.1,measure=0.1,device=cpu")
+               for _ in range(3)]  # fmt: skip
+        victims = _wait_running_on(cluster, "a")
+        partition.cut()
+        cut = time.monotonic()
+        while _alive(victims.values()) and time.monotonic() - cut < T:
+            time.sleep(0.02)
+        assert not _alive(victims.values()), f"a partitioned host's runners ran {T} s on"
+        deadline = time.monotonic() + T + 10
+        while "a" in cluster.up() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "a" not in cluster.up(), "the daemon never fenced the partitioned host"
+        partition.heal()
+        deadline = time.monotonic() + 20
+        while "a" not in cluster.up() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "a" in cluster.up(), "the host did not register again once the partition healed"
+        assert "no heartbeat renewed" in cluster.log("a")
+        api.wait(cluster.url, ids, timeout=90, poll=0.1)
+        assert {j["state"] for j in api.jobs(cluster.url)} == {"done"}
+        events = cluster.registry.events()
+        assert check_events(events, cluster.resources, strategy="interleaved") == []
+    finally:
+        cluster.close()
+        partition.close()
 
 
 def test_a_stage_uses_only_its_own_hosts_pool_and_devices():

@@ -51,6 +51,7 @@ DAEMON_KEY = 0x5C4ED_0003  # held by the serving daemon's session: one daemon pe
 LOCK_AND_CLOCK = f"SELECT pg_advisory_xact_lock(?), {PG_NOW}"
 GATE_POLL_S = 0.0005  # the daemon's wait between tries for the gate (gate_ready)
 CONNECT_TIMEOUT_S = 10
+IDLE_IN_TRANSACTION_S = 5.0  # the server ends a session silent this long inside a write
 
 
 class SessionLost(Exception):
@@ -177,9 +178,13 @@ class PostgresStore:
                 f"PGPASSFILE, not in the URL)"
             ) from None
         # SQLite's synchronous=NORMAL in WAL mode: a commit does not wait for its WAL
-        # flush, so a crash of the server may lose the last commits (never corrupt)
+        # flush, so a crash of the server may lose the last commits (never corrupt).
+        # A session that stops talking inside a transaction (its host partitioned, or
+        # stopped) is ended by the server, which frees the locks it held: every write
+        # of the registry lasts milliseconds, a suspension inside one at most STOP_WAIT_S
         raw.execute(
-            f"SET lock_timeout = {int(self.timeout * 1000)}; SET synchronous_commit = off"
+            f"SET lock_timeout = {int(self.timeout * 1000)}; SET synchronous_commit = off;"
+            f" SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_S * 1000)}"
         )
         return raw
 
