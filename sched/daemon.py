@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class Daemon(RunnerHost):
         self._wake_r = self._wake_w = -1
         self.listener = None  # PostgreSQL: the session that hears runners on other hosts
         self.leader = None  # PostgreSQL: the session holding the daemon lock
+        self._alive_stop = threading.Event()  # ends the thread that touches it
         self._preloaded: set[str] = set()
         self._last_housekeeping = 0.0
         self._spawn_pending = False  # queued jobs left for the next pass to fork
@@ -141,6 +143,7 @@ class Daemon(RunnerHost):
         session = store.session()
         if store.try_daemon_lock(session):
             self.leader = session
+            self._keep_alive()
             return
         if not self.config.standby:
             session.close()
@@ -158,11 +161,42 @@ class Daemon(RunnerHost):
                     session = store.session()
                 if store.try_daemon_lock(session):
                     break
+                self._end_silent_leader(session)
             except Exception:  # the server is away, or dropped this session: again
                 if not session.closed:
                     session.close()
         self.leader = session
+        self._keep_alive()
         print(f"sched daemon {os.getpid()}: the daemon lock is ours; taking over", flush=True)
+
+    def _end_silent_leader(self, session) -> None:
+        """A standby: end the serving daemon's session if it has been silent for T (the
+        daemon stopped or hung: it touches its session every T/4 from a thread of its
+        own), so that its lock passes here. If it goes on later, its next housekeeping
+        pass finds the lock gone and it stops (``_check_leader``)."""
+        stored = self.registry.get_setting(HOST_TIMEOUT_KEY)
+        timeout = float(stored) if stored else self.config.host_timeout
+        ended = self.registry.store.end_silent_daemon(session, timeout)
+        if ended is not None:
+            print(f"sched daemon {os.getpid()}: the serving daemon's session was silent for "
+                  f"{ended:.1f} s (stopped or hung); ended it", flush=True)  # fmt: skip
+
+    def _keep_alive(self) -> None:
+        """Touch the daemon lock's session every T/4, whatever the loop is busy with (a
+        first TVM import takes seconds): a standby takes over a session silent for T."""
+        stop = self._alive_stop = threading.Event()
+
+        def touch() -> None:
+            while not stop.wait(self.config.host_timeout / 4):
+                leader = self.leader
+                if leader is None:
+                    return
+                try:
+                    self.registry.store.touch(leader)
+                except Exception:  # a lost session: _check_leader finds out
+                    pass
+
+        threading.Thread(target=touch, name="daemon-lock-touch", daemon=True).start()
 
     def _check_leader(self) -> None:
         """Each housekeeping pass (PostgreSQL): still the one daemon? A session that the
@@ -283,6 +317,7 @@ class Daemon(RunnerHost):
             self.listener.close()
             self.listener = None
         if self.leader is not None:
+            self._alive_stop.set()
             self.leader.close()  # frees the daemon lock for a standby
             self.leader = None
         self.pidfile.release()

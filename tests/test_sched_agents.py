@@ -286,6 +286,46 @@ def test_a_killed_daemons_standby_takes_over(cluster):
     assert check_events(cluster.registry.events(), cluster.resources, strategy="interleaved") == []
 
 
+def test_a_stopped_daemons_standby_ends_its_session_after_T_and_takes_over(
+    cluster, tmp_path, monkeypatch
+):
+    """A SIGSTOPped daemon keeps its session, and so its lock; the standby (on "another
+    host": a state folder of its own) ends that session once it has been silent for T,
+    and serves. The stopped daemon, once continued, finds the lock gone and stops."""
+    active, home = api.daemon_pid(cluster.url), os.environ["XDG_STATE_HOME"]
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "standby-host"))
+    standby = api.start_daemon(
+        cluster.url, resources={"cpu": 2},
+        extra=["--no-local-jobs", "--host-timeout", str(T)], standby=True,
+    )  # fmt: skip
+    ids = [api.submit(cluster.url, mock="rounds=4,search=0.3,build=0.1,measure=0.1,device=cpu")
+           for _ in range(3)]  # fmt: skip
+    _wait_running_on(cluster, "a")
+    os.kill(active, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        while (cluster.registry.get_setting("daemon_pid") != str(standby)
+               and time.monotonic() - stopped < T + 10):  # fmt: skip
+            time.sleep(0.05)
+        took = time.monotonic() - stopped
+        assert cluster.registry.get_setting("daemon_pid") == str(standby), "no takeover"
+        assert took >= T, f"the standby took over a daemon silent for only {took:.1f} s"
+        api.wait(cluster.url, ids, timeout=60, poll=0.1)
+        assert {j["state"] for j in api.jobs(cluster.url)} == {"done"}
+    finally:
+        os.kill(active, signal.SIGCONT)
+        if cluster.registry.get_setting("daemon_pid") != str(standby):  # the fixture's
+            os.kill(standby, signal.SIGKILL)  # daemon serves still: it stops that one
+            monkeypatch.setenv("XDG_STATE_HOME", home)
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(active) and time.monotonic() < deadline:
+        if psutil.Process(active).status() == "zombie":
+            break
+        time.sleep(0.05)
+    assert not _alive([active]), "the continued daemon went on serving beside the standby"
+    assert check_events(cluster.registry.events(), cluster.resources, strategy="interleaved") == []
+
+
 def test_a_second_daemon_without_standby_is_refused(cluster, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "tvmsched.daemon", "--no-local-jobs"],

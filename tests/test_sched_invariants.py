@@ -115,7 +115,7 @@ def test_a_simulated_batch_with_preemption_keeps_every_invariant(tmp_path):
 # runs per backend: a PostgreSQL statement is a round trip to the server (about 0.25 ms
 # here against SQLite's few microseconds), so a run takes about 0.5 s there against
 # 0.06 s; 40 runs keep the default test run within its time
-STORM_RUNS = {"sqlite": 120, "postgresql": 30}
+STORM_RUNS = {"sqlite": 120, "postgresql": 20}
 
 
 @pytest.mark.slow

@@ -334,6 +334,27 @@ class PostgresStore:
         ).fetchone()
         return row is not None
 
+    @staticmethod
+    def touch(session: PgConnection) -> None:
+        """A statement on the daemon lock's session: what shows a standby it is alive."""
+        session.execute("SELECT 1").fetchone()
+
+    def end_silent_daemon(self, session: PgConnection, timeout: float) -> float | None:
+        """End the session holding the daemon lock if its last statement is ``timeout``
+        seconds old or more (the server's clock); how long it had been silent, or None."""
+        row = session.execute(
+            "SELECT a.pid, EXTRACT(EPOCH FROM clock_timestamp() - a.state_change)"
+            " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND a.state = 'idle'"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND l.classid::bigint = ? AND l.objid::bigint = ?",
+            (DAEMON_KEY >> 32, DAEMON_KEY & 0xFFFFFFFF),
+        ).fetchone()
+        if row is None or row[1] is None or float(row[1]) < timeout:
+            return None
+        session.execute("SELECT pg_terminate_backend(?)", (row[0],)).fetchone()
+        return float(row[1])
+
     def holds_daemon_lock(self, session: PgConnection) -> bool:
         """Is ``session`` still open and holding the daemon lock?"""
         try:
