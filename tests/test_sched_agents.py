@@ -208,7 +208,8 @@ def test_a_partitioned_agent_kills_its_runners_before_the_daemon_may_grant_again
     partition = Partition(pg_server)
     cluster = Cluster(url, tmp_path, via={"a": partition.url(url)})
     try:
-        ids = [api.submit(cluster.url, mock="rounds=1,search=6,build=0.1,measure=0.1,device=cpu")
+        # a's runners, cut off, wait in their next registry call: only a kill stops them
+        ids = [api.submit(cluster.url, mock="rounds=1,search=2,build=0.1,measure=0.1,device=cpu")
                for _ in range(3)]  # fmt: skip
         victims = _wait_running_on(cluster, "a")
         partition.cut()
