@@ -59,7 +59,7 @@ def test_coverage_reaches_every_task_before_any_search_round(cnn_model, tmp_path
 
 @pytest.mark.slow
 def test_time_budget_stops_on_time(cnn_model, tmp_path, fast_options):
-    budget = 20.0
+    budget = 10.0
     job = TuningJob.from_model(cnn_model, options=fast_options(trials=None,
                                                                 time_budget_seconds=budget),
                                db_path=tmp_path / "t.db", measure_baselines=False)
