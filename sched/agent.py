@@ -43,6 +43,10 @@ from .registry.stages import GRANT_CHANNEL, SUSPEND_CHANNEL
 from .resources import cpu_count, parse_resource
 
 HOST_TIMEOUT_S = 10.0  # the default T: a host silent this long is fenced
+# the longest wait between passes: what an agent acts on wakes it sooner (a placement or
+# a grant NOTIFY, a suspension asked, a runner's stage done, a runner's exit); what is
+# left is housekeeping, which runs every 0.25 s anyway (cancels, silent runners)
+IDLE_WAIT_S = 0.25
 
 
 class AgentRunning(RuntimeError):
@@ -142,7 +146,7 @@ class Agent(RunnerHost):
                 traceback.print_exc()
                 sys.stderr.flush()
                 time.sleep(0.5)
-            self._wait(0.05)
+            self._wait(IDLE_WAIT_S)
         self.shutdown()
         return 0
 

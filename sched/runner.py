@@ -25,6 +25,7 @@ from .registry import Registry
 
 EXIT_OK, EXIT_FAILED, EXIT_FENCED = 0, 1, 3
 WAKE_WAIT_S = 0.05  # the first wait for the daemon's wake-up after a request, doubling
+POLL_CAP_S = 2.0  # ... up to this: with a pipe the wake-up comes, the poll is a fallback
 
 
 class Heartbeat(threading.Thread):
@@ -103,7 +104,7 @@ def notify(fd: int | None) -> None:
 
 
 def wait_for_grant(registry: Registry, request_id: int, wakeup: Wakeup) -> dict:
-    """Poll with backoff: up to 0.5 s apart while the daemon can wake us, 0.1 s once not.
+    """Poll with backoff: up to 2 s apart while the daemon can wake us, 0.1 s once not.
 
     With a pipe, the first poll waits for the daemon's wake-up (it writes once it has
     granted), so a grant usually costs one poll: polling at 2, 4, 8 ms meanwhile cost
@@ -116,7 +117,7 @@ def wait_for_grant(registry: Registry, request_id: int, wakeup: Wakeup) -> dict:
         if grant is not None:
             return grant
         wakeup.wait(delay)
-        delay = min(0.5 if wakeup.fd is not None else 0.1, delay * 2)
+        delay = min(POLL_CAP_S if wakeup.fd is not None else 0.1, delay * 2)
 
 
 def run(
