@@ -79,6 +79,7 @@ class PgConnection:
         self._opener = opener
         self._clock = 0.0
         self._clock_cursor = None  # the write lock's statement, its result not read yet
+        self.pipeline = None  # the write's pipeline, while one runs
 
     @property
     def clock(self) -> float:
@@ -87,6 +88,8 @@ class PgConnection:
         lock in one round trip."""
         if self._clock_cursor is not None:
             cursor, self._clock_cursor = self._clock_cursor, None
+            if self.pipeline is not None:  # a Sync, not a flush: the server then counts
+                self.pipeline.sync()  # the client's silence (idle_in_transaction_...)
             self._clock = float(cursor.fetchone()[1])
         return self._clock
 
@@ -268,7 +271,7 @@ class PostgresStore:
                 begin = False
             else:
                 begin = True
-            with conn.raw.pipeline():
+            with conn.raw.pipeline() as conn.pipeline:
                 if begin:
                     conn.execute("BEGIN")
                 # the write lock, and the server's clock once it is held: what the
@@ -293,7 +296,7 @@ class PostgresStore:
                 conn.execute("ROLLBACK")
             raise
         finally:
-            conn._clock_cursor = None
+            conn._clock_cursor = conn.pipeline = None
             if held:
                 self._local.gate_held = False
                 if not conn.closed:
@@ -340,8 +343,9 @@ class PostgresStore:
         session.execute("SELECT 1").fetchone()
 
     def end_silent_daemon(self, session: PgConnection, timeout: float) -> float | None:
-        """End the session holding the daemon lock if its last statement is ``timeout``
-        seconds old or more (the server's clock); how long it had been silent, or None."""
+        """End the daemon's sessions if the one holding the daemon lock ran its last
+        statement ``timeout`` seconds ago or more (the server's clock); how long it had
+        been silent, or None."""
         row = session.execute(
             "SELECT a.pid, EXTRACT(EPOCH FROM clock_timestamp() - a.state_change)"
             " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
@@ -352,7 +356,14 @@ class PostgresStore:
         ).fetchone()
         if row is None or row[1] is None or float(row[1]) < timeout:
             return None
-        session.execute("SELECT pg_terminate_backend(?)", (row[0],)).fetchone()
+        # every session of that daemon (its process's name, from the same client address):
+        # stopped inside a write, its main session holds the write lock
+        session.execute(
+            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a, pg_stat_activity d"
+            " WHERE d.pid = ? AND a.application_name = d.application_name"
+            " AND a.client_addr IS NOT DISTINCT FROM d.client_addr AND a.datid = d.datid",
+            (row[0],),
+        ).fetchall()
         return float(row[1])
 
     def holds_daemon_lock(self, session: PgConnection) -> bool:
