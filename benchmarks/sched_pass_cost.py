@@ -7,15 +7,16 @@ grants it, and the stage's completion, each timed in this one process.
 ``sched_overhead.py`` measures grant latency with 8 to 64 runners competing for the
 host's cores; this shows the floor under it: the cost of the statements and round trips
 themselves. With ``--db postgresql://...`` the registry is a database of its own on that
-server (the user needs CREATEDB), dropped afterwards; else a SQLite file.
+server (the user needs CREATEDB), dropped afterwards (``sched_overhead.Registries``);
+else a SQLite file.
 """
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
-from urllib.parse import urlsplit, urlunsplit
+
+from sched_overhead import Registries  # this folder is on the path of its scripts
 
 from tvmsched.dispatch import Dispatcher
 from tvmsched.models import Resource, ResourceKind
@@ -59,23 +60,13 @@ def main():
         parser.error("--grants must be 1 or more")
     if args.db and not is_url(args.db):
         parser.error(f"--db takes a postgresql:// server URL, not {args.db!r}")
+    print(f"backend: PostgreSQL ({redact(args.db)})" if args.db else "backend: SQLite")
     with tempfile.TemporaryDirectory(prefix="sched-pass-cost-") as workdir:
-        if args.db is None:
-            print("backend: SQLite")
-            times = measure(os.path.join(workdir, "sched.db"), args.grants)
-        else:
-            import psycopg
-
-            print(f"backend: PostgreSQL ({redact(args.db)})")
-            name = f"sched_pass_cost_{os.getpid()}"
-            with psycopg.connect(args.db, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            try:
-                times = measure(urlunsplit(urlsplit(args.db)._replace(path=f"/{name}")),
-                                args.grants)  # fmt: skip
-            finally:
-                with psycopg.connect(args.db, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        registries = Registries(workdir, args.db)  # sched_overhead's: a file, or a database
+        try:
+            times = measure(registries.new("pass-cost"), args.grants)
+        finally:
+            registries.drop_all()
     print(f"{'operation':<14} {'p50 ms':>7} {'p90 ms':>7}   ({args.grants} grants, one process)")
     for name, values in times.items():
         ordered = sorted(values)

@@ -79,6 +79,26 @@ def cluster(pg_server, tmp_path, monkeypatch):
         found.close()
 
 
+def _until(check, timeout: float, step: float = 0.05) -> bool:
+    """Wait up to ``timeout`` seconds for ``check()``; its last answer."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(step)
+    return check()
+
+
+def _alive(pids) -> list[int]:
+    return [pid for pid in pids if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() not in ("zombie",)]  # fmt: skip
+
+
+def _finished_cleanly(cluster, ids) -> None:
+    """Every job done, no exclusive device with two holders, no host's pool over-granted."""
+    api.wait(cluster.url, ids, timeout=90, poll=0.1)
+    assert {j["state"] for j in api.jobs(cluster.url)} == {"done"}
+    assert check_events(cluster.registry.events(), cluster.resources, strategy="interleaved") == []
+
+
 def _grants(registry, job_ids) -> list[dict]:
     return [e for e in registry.events() if e["kind"] == "grant" and e["job_id"] in job_ids]
 
@@ -170,29 +190,13 @@ def test_a_stopped_agent_is_fenced_its_runners_stop_and_it_rejoins(cluster):
            for _ in range(3)]  # fmt: skip
     victims = _wait_running_on(cluster, "a")
     os.kill(cluster.agents["a"].pid, signal.SIGSTOP)
-    deadline = time.monotonic() + T + 5
-    while "a" in cluster.up() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "a" not in cluster.up(), "a stopped agent was never fenced"
+    assert _until(lambda: "a" not in cluster.up(), T + 5), "a stopped agent was never fenced"
     time.sleep(1.5)  # a runner whose lease was taken back stops at its next heartbeat
-    alive = [pid for pid in victims.values() if psutil.pid_exists(pid)
-             and psutil.Process(pid).status() not in ("zombie",)]  # fmt: skip
-    assert not alive, "a fenced host's runner kept running"
+    assert not _alive(victims.values()), "a fenced host's runner kept running"
     os.kill(cluster.agents["a"].pid, signal.SIGCONT)
-    deadline = time.monotonic() + 10
-    while "a" not in cluster.up() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "a" in cluster.up(), "the continued agent did not register again"
+    assert _until(lambda: "a" in cluster.up(), 10), "the continued agent did not register again"
     assert "fenced this host" in cluster.log("a")
-    api.wait(cluster.url, ids, timeout=90, poll=0.1)
-    assert {j["state"] for j in api.jobs(cluster.url)} == {"done"}
-    # no exclusive device ever had two holders, and no host's pool was over-granted
-    assert check_events(cluster.registry.events(), cluster.resources, strategy="interleaved") == []
-
-
-def _alive(pids) -> list[int]:
-    return [pid for pid in pids if psutil.pid_exists(pid)
-            and psutil.Process(pid).status() not in ("zombie",)]  # fmt: skip
+    _finished_cleanly(cluster, ids)
 
 
 def test_a_partitioned_agent_kills_its_runners_before_the_daemon_may_grant_again(
@@ -213,24 +217,15 @@ def test_a_partitioned_agent_kills_its_runners_before_the_daemon_may_grant_again
                for _ in range(3)]  # fmt: skip
         victims = _wait_running_on(cluster, "a")
         partition.cut()
-        cut = time.monotonic()
-        while _alive(victims.values()) and time.monotonic() - cut < T:
-            time.sleep(0.02)
-        assert not _alive(victims.values()), f"a partitioned host's runners ran {T} s on"
-        deadline = time.monotonic() + T + 10
-        while "a" in cluster.up() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "a" not in cluster.up(), "the daemon never fenced the partitioned host"
+        gone = _until(lambda: not _alive(victims.values()), T, step=0.02)
+        assert gone, f"a partitioned host's runners ran {T} s on"
+        fenced = _until(lambda: "a" not in cluster.up(), T + 10)
+        assert fenced, "the daemon never fenced the partitioned host"
         partition.heal()
-        deadline = time.monotonic() + 20
-        while "a" not in cluster.up() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "a" in cluster.up(), "the host did not register again once the partition healed"
+        back = _until(lambda: "a" in cluster.up(), 20)
+        assert back, "the host did not register again once the partition healed"
         assert "no heartbeat renewed" in cluster.log("a")
-        api.wait(cluster.url, ids, timeout=90, poll=0.1)
-        assert {j["state"] for j in api.jobs(cluster.url)} == {"done"}
-        events = cluster.registry.events()
-        assert check_events(events, cluster.resources, strategy="interleaved") == []
+        _finished_cleanly(cluster, ids)
     finally:
         cluster.close()
         partition.close()
@@ -305,11 +300,10 @@ def test_a_stopped_daemons_standby_ends_its_session_after_T_and_takes_over(
     os.kill(active, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        while (cluster.registry.get_setting("daemon_pid") != str(standby)
-               and time.monotonic() - stopped < T + 10):  # fmt: skip
-            time.sleep(0.05)
+        took_over = _until(lambda: cluster.registry.get_setting("daemon_pid") == str(standby),
+                           T + 10)  # fmt: skip
         took = time.monotonic() - stopped
-        assert cluster.registry.get_setting("daemon_pid") == str(standby), "no takeover"
+        assert took_over, "no takeover"
         assert took >= T, f"the standby took over a daemon silent for only {took:.1f} s"
         api.wait(cluster.url, ids, timeout=60, poll=0.1)
         assert {j["state"] for j in api.jobs(cluster.url)} == {"done"}
@@ -318,12 +312,8 @@ def test_a_stopped_daemons_standby_ends_its_session_after_T_and_takes_over(
         if cluster.registry.get_setting("daemon_pid") != str(standby):  # the fixture's
             os.kill(standby, signal.SIGKILL)  # daemon serves still: it stops that one
             monkeypatch.setenv("XDG_STATE_HOME", home)
-    deadline = time.monotonic() + 10
-    while psutil.pid_exists(active) and time.monotonic() < deadline:
-        if psutil.Process(active).status() == "zombie":
-            break
-        time.sleep(0.05)
-    assert not _alive([active]), "the continued daemon went on serving beside the standby"
+    gone = _until(lambda: not _alive([active]), 10)
+    assert gone, "the continued daemon went on serving beside the standby"
     assert check_events(cluster.registry.events(), cluster.resources, strategy="interleaved") == []
 
 

@@ -159,13 +159,14 @@ class SQLiteStore:
     def read_many(conn: sqlite3.Connection, queries) -> list[list[sqlite3.Row]]:
         """The rows of each ``(sql, params)``, from one snapshot: a read transaction (WAL
         readers see the last commit before it began, whatever commits meanwhile)."""
-        if conn.in_transaction:
-            return [conn.execute(sql, params).fetchall() for sql, params in queries]
-        conn.execute("BEGIN")
+        begin = not conn.in_transaction  # inside a write: that write's snapshot
+        if begin:
+            conn.execute("BEGIN")
         try:
             return [conn.execute(sql, params).fetchall() for sql, params in queries]
         finally:
-            conn.execute("COMMIT")
+            if begin:
+                conn.execute("COMMIT")
 
     @staticmethod
     def clock(conn: sqlite3.Connection) -> float:
