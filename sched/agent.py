@@ -39,7 +39,7 @@ from .models import JobKind, Resource
 from .paths import agent_pid_file, display, ensure_private_dir, local_base, locator, resolve_db
 from .pidfile import PidFile, running_pid
 from .registry import Registry
-from .registry.stages import GRANT_CHANNEL, SUSPEND_CHANNEL
+from .registry.stages import GRANT_CHANNEL, PLACE_CHANNEL, SUSPEND_CHANNEL
 from .resources import cpu_count, parse_resource
 
 HOST_TIMEOUT_S = 10.0  # the default T: a host silent this long is fenced
@@ -100,6 +100,10 @@ class Agent(RunnerHost):
         self._notices: list[str] = []
         self._last_housekeeping = 0.0
         self._preloaded: set[str] = set()
+        # what the next pass must read, as the NOTIFYs heard say: "suspend" (asked to),
+        # "resume" (an ended measurement), "placed" (a job placed here); all at first
+        self._due: set[str] = {"suspend", "resume", "placed"}
+        self._suspended = False  # stages of this host are suspended (for a measurement)
 
     # -- life cycle ------------------------------------------------------------------
     def initialize(self) -> None:
@@ -114,8 +118,9 @@ class Agent(RunnerHost):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        # grants for its runners, and suspensions asked of it (None on SQLite)
-        self.listener = self.registry.store.listener([GRANT_CHANNEL, SUSPEND_CHANNEL])
+        # grants for its runners, jobs placed on it, suspensions asked (None on SQLite)
+        channels = [GRANT_CHANNEL, PLACE_CHANNEL, SUSPEND_CHANNEL]
+        self.listener = self.registry.store.listener(channels)
         for kind in self.config.preload:
             try:
                 preload(kind)
@@ -151,34 +156,49 @@ class Agent(RunnerHost):
         return 0
 
     def _wait(self, timeout: float) -> None:
-        """Until a runner or signal writes to our pipe, or the daemon's grant is heard,
-        which is passed on at once to the runners it names."""
-        for payload in self._wait_for_wakeup(timeout):
-            for job_id in payload.split(","):
-                found = self.runners.get(int(job_id)) if job_id.isdigit() else None
-                if found is not None and found.wake_fd is not None:
-                    runner.notify(found.wake_fd)
+        """Until a runner or signal writes to our pipe, or a NOTIFY is heard. A grant is
+        passed on at once to the runners it names; what the next pass must look at is
+        noted (``_due``): a pass reads the registry only for what it was woken for, so
+        a grant to another host's runners costs this agent no query."""
+        for channel, payload in self._wait_for_wakeup(timeout):
+            if channel == SUSPEND_CHANNEL and payload == self.host:
+                self._due.add("suspend")
+            elif channel == PLACE_CHANNEL and self.host in payload.split(","):
+                self._due.add("placed")
+            elif channel == GRANT_CHANNEL:
+                for job_id in payload.split(","):
+                    found = self.runners.get(int(job_id)) if job_id.isdigit() else None
+                    if found is not None and found.wake_fd is not None:
+                        runner.notify(found.wake_fd)
 
     def loop(self, now: float | None = None) -> None:
-        """One pass: reap, renew the heartbeat (or fence itself), fork what is placed here."""
+        """One pass: reap, renew the heartbeat (or fence itself), fork what is placed here.
+
+        Without a listener (SQLite) every pass looks at everything; with one, a pass
+        looks at what woke it, and the housekeeping pass (every 0.25 s) at everything."""
         given, now = now, time.time() if now is None else now
         stamp = now if given is not None or self.registry.backend == "sqlite" else None
         fenced = self._fenced  # read first: its notice is queued before it is set
         while self._notices:  # so the log says why before the host registers again
             print(self._notices.pop(0), flush=True)
+        before = len(self.runners)
         self._reap(stamp)
+        if len(self.runners) < before:
+            self._due.add("placed")  # room for a job placed while there was none
         if fenced:  # its runners are gone: register again, and serve
             self._register()
             self._fenced = False
         if self._cut_off:  # no new runner while the database is out of reach
             return
-        self._preempt(stamp)
-        if now - self._last_housekeeping >= 0.25:
+        due, self._due = self._due, set()
+        if self.listener is None or now - self._last_housekeeping >= 0.25:
             self._last_housekeeping = now
+            due = {"suspend", "resume", "placed"}
             self._kill_silent(stamp)
             self._cancel_flagged(stamp)
+        self._preempt(stamp, due)
         room = self.config.max_jobs - len(self.runners)
-        if room > 0:
+        if room > 0 and "placed" in due:
             placed = [
                 job
                 for job in self.registry.assigned_jobs(self.host)
@@ -189,11 +209,17 @@ class Agent(RunnerHost):
                     self._preload(job["spec"])
             self._fork([(job["id"], job["attempt"]) for job in placed], stamp)
 
-    def _preempt(self, now: float | None) -> None:
+    def _preempt(self, now: float | None, due: set[str]) -> None:
         """Suspend what the daemon asks (a CPU measurement on this host), confirming each
-        in the registry; continue what was suspended for a measurement that has ended."""
-        self.registry.suspend_on_host(self.host, stop_holders, now=now)
-        ended = self.registry.suspended_leases(host=self.host)
+        in the registry; continue what was suspended for a measurement that has ended.
+        While stages of this host stay suspended every pass looks for ended ones (the
+        measuring runner's last write wakes this agent), else only when ``due``."""
+        if "suspend" in due and self.registry.suspend_on_host(self.host, stop_holders, now=now):
+            self._suspended = True
+        if not (self._suspended or "resume" in due):
+            return
+        ended, waiting = self.registry.suspensions_on_host(self.host)
+        self._suspended = waiting > 0
         if ended:
             continue_holders(ended)  # first: a crash in between leaves them resumable
             self.registry.resume_leases([lease["epoch"] for lease in ended], now=now)

@@ -54,9 +54,9 @@ class RunnerHost:
     def _on_stop(self, *_: object) -> None:
         self.stopping = True
 
-    def _wait_for_wakeup(self, timeout: float) -> list[str]:
+    def _wait_for_wakeup(self, timeout: float) -> list[tuple[str, str]]:
         """Until a runner or signal writes to our pipe or a NOTIFY is heard, or
-        ``timeout``; the NOTIFYs' payloads."""
+        ``timeout``; the NOTIFYs heard, as (channel, payload)."""
         waits = [self._wake_r] + ([self.listener] if self.listener is not None else [])
         ready, _, _ = select.select(waits, [], [], timeout)
         if self._wake_r in ready:

@@ -113,9 +113,17 @@ class Row(tuple):
         return tuple.__getitem__(self, key)
 
 
+@lru_cache(maxsize=1024)
+def _row_class(names: tuple[str, ...]) -> type:
+    """A ``Row`` class for one set of column names: its rows are made by tuple's own
+    constructor, with the names on the class (a registry pass reads hundreds of rows)."""
+    return type("Row", (Row,), {"__new__": tuple.__new__, "__slots__": (), "_names": names})
+
+
 def row_factory(cursor):
-    names = tuple(c.name for c in cursor.description or ())
-    return lambda values: Row(values, names)
+    result = cursor.pgresult  # the names straight from libpq: no Column objects
+    count = result.nfields if result is not None else 0
+    return _row_class(tuple(result.fname(i).decode() for i in range(count)))
 
 
 _DDL = re.compile(r"^\s*(CREATE TABLE|ALTER TABLE)", re.I)

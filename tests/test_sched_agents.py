@@ -406,3 +406,41 @@ def _measure_on_a(cluster):
                   e["resources"], e["detail"])  # fmt: skip
     assert not left
     assert check_events(events, cluster.resources, strategy="interleaved") == []
+
+
+def test_an_agent_reads_the_registry_only_for_what_woke_it(pg_server, tmp_path, monkeypatch):
+    """A grant to another host's runners, or a suspension asked of another host, costs
+    an agent no query; a placement or a suspension for its own host is looked at."""
+    from tvmsched.agent import Agent, AgentConfig, host_resources
+    from tvmsched.registry.stages import GRANT_CHANNEL, PLACE_CHANNEL, SUSPEND_CHANNEL
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    url = pg_server.database()
+    agent = Agent(url, AgentConfig(name="box-a", resources=host_resources("box-a", ["cpu=1"])))
+    agent.initialize()
+    reads: list[str] = []
+    for name in ("assigned_jobs", "suspend_on_host", "suspensions_on_host"):
+        real = getattr(agent.registry, name)
+        monkeypatch.setattr(agent.registry, name,
+                            lambda *a, _n=name, _r=real, **k: reads.append(_n) or _r(*a, **k))  # fmt: skip
+    other = Registry(url)
+
+    def woken_by(channel, payload) -> list[str]:
+        with other._write() as conn:
+            other.store.notify(conn, channel, payload)
+        reads.clear()
+        agent._wait(5.0)
+        agent._last_housekeeping = time.time() + 3600  # this pass is not housekeeping
+        agent.loop()
+        return sorted(reads)
+
+    try:
+        agent.loop()  # the first pass looks at everything
+        assert woken_by(GRANT_CHANNEL, "991,992") == []  # another host's runners
+        assert woken_by(SUSPEND_CHANNEL, "box-b") == []
+        assert woken_by(PLACE_CHANNEL, "box-b,box-c") == []
+        assert woken_by(PLACE_CHANNEL, "box-b,box-a") == ["assigned_jobs"]
+        assert woken_by(SUSPEND_CHANNEL, "box-a") == ["suspend_on_host"]
+    finally:
+        agent.shutdown()
+        other.close()

@@ -168,3 +168,11 @@ def test_finish_is_fenced_by_attempt(registry):
     assert registry.job(job_id)["result"] == {"tuned_ms": 1.0}
     with pytest.raises(Fenced):
         registry.finish_job(job_id, attempt, result={})
+
+
+def test_parsed_units_are_fresh_dicts_a_caller_may_change():
+    from tvmsched.registry.base import _units
+
+    first = _units('{"cpu": 2, "dev": 1}')
+    first["cpu"] = 99
+    assert _units('{"cpu": 2, "dev": 1}') == {"cpu": 2, "dev": 1}

@@ -53,6 +53,18 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed_units(text: str) -> tuple[tuple[str, int], ...]:
+    return tuple(json.loads(text).items())
+
+
+def _units(text: str) -> dict[str, int]:
+    """A lease's resources or a request's needs (``{"cpu": 1}``), parsed once per
+    distinct text: a pass reads every active lease's, and the same few texts recur. A
+    fresh dict each time, so a caller may change it."""
+    return dict(_parsed_units(text))
+
+
 def open_store(db: str | os.PathLike[str], *, timeout: float) -> SQLiteStore | PostgresStore:
     """The backend for ``db``: a ``postgresql://`` URL, else a SQLite file path."""
     db = locator(db)

@@ -16,7 +16,7 @@ from ..models import (
 from ..paths import jobs_dir, runner_log_dir, used_job_paths
 from .base import _JOB_COLUMNS, Connection, RegistryBase, _dumps, _job_dict, retried
 from .health import RegistryError
-from .stages import GRANT_CHANNEL, WAKE_CHANNEL
+from .stages import PLACE_CHANNEL, WAKE_CHANNEL
 
 _WAITING = "waiting for the daemon to start a runner"
 QUEUED_SQL = (  # the next jobs to start: queued, no sub-job of theirs still to run
@@ -198,9 +198,9 @@ class JobsMixin(RegistryBase):
                 ).fetchone()
                 if row is not None:
                     claimed[job_id] = int(row[0])
-            placed = [str(job_id) for job_id in claimed if hosts.get(job_id)]
+            placed = sorted({hosts[job_id] for job_id in claimed if hosts.get(job_id)})
             if placed:  # wakes the agents, which fork the runners of jobs placed on them
-                self.store.notify(conn, GRANT_CHANNEL, ",".join(placed))
+                self.store.notify(conn, PLACE_CHANNEL, ",".join(placed))
         return claimed
 
     def set_runners(

@@ -421,14 +421,14 @@ class Listener:
     def fileno(self) -> int:
         return self.raw.pgconn.socket
 
-    def drain(self) -> list[str]:
-        """The payloads received so far, without waiting."""
+    def drain(self) -> list[tuple[str, str]]:
+        """The (channel, payload) pairs received so far, without waiting."""
         pgconn = self.raw.pgconn
         pgconn.consume_input()
-        payloads = []
+        heard = []
         while (note := pgconn.notifies()) is not None:
-            payloads.append(note.extra.decode())
-        return payloads
+            heard.append((note.relname.decode(), note.extra.decode()))
+        return heard
 
     def close(self) -> None:
         self.raw.close()

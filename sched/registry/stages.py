@@ -14,11 +14,12 @@ from ..models import (
     Pending,
     RequestState,
 )
-from .base import Connection, RegistryBase, _dumps, retried
+from .base import Connection, RegistryBase, _dumps, _parsed_units, _units, retried
 
 WAKE_CHANNEL = "sched_wake"  # PostgreSQL: a runner asked for a stage or finished one
 GRANT_CHANNEL = "sched_grant"  # PostgreSQL: stages were granted (payload: job ids)
 SUSPEND_CHANNEL = "sched_suspend"  # PostgreSQL: an agent is asked to suspend (payload: host)
+PLACE_CHANNEL = "sched_place"  # PostgreSQL: jobs were placed on agents (payload: their hosts)
 GATE_WAIT_S = 2.0  # how long a grant that suspends stages waits for the writers' gate
 # Is the suspender of lease ``l`` (the measurement's request) still holding an active
 # lease? Only then are ``l``'s units lent to it; once it has ended they are ``l``'s again,
@@ -54,6 +55,12 @@ SUSPENDED_SQL = (  # of one host's jobs (its name, '' for the daemon's own)
     " WHERE l.state = 'active' AND l.suspended_for IS NOT NULL"
     f" AND NOT {SUSPENDER_ACTIVE} AND COALESCE(j.host, '') = ? ORDER BY l.epoch"
 )
+SUSPENSIONS_SQL = (  # of an agent's host: every suspended lease, and is its measurement over
+    "SELECT l.epoch, l.job_id, l.kind, l.holder_pid, l.holder_started,"
+    f" CASE WHEN {SUSPENDER_ACTIVE} THEN 0 ELSE 1 END AS ended FROM leases l"
+    " JOIN jobs j ON j.id = l.job_id"
+    " WHERE l.state = 'active' AND l.suspended_for IS NOT NULL AND j.host = ? ORDER BY l.epoch"
+)
 ESTIMATES_SQL = "SELECT job_id, kind, count, seconds FROM stage_stats"
 # inside a grant, under the write lock: capacities, units held, units reserved by agents
 CAPACITY_SQL = "SELECT name, capacity FROM resources"
@@ -68,20 +75,20 @@ RESERVED_SQL = (  # per pending request: the leases an agent suspended for it
 )
 
 
+# The parsers of what a pass reads unpack each row (no lookup by index or name), and
+# parse resources and needs through ``_units``: a pass reads every active lease.
 def _pending(rows) -> list[Pending]:
     return [
-        Pending(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], json.loads(r[7]), r[8])
-        for r in rows
+        Pending(rid, job, kind, _units(needs), at, prio, device, json.loads(info), host)
+        for rid, job, kind, needs, at, prio, device, info, host in rows
     ]
 
 
 def _held(rows) -> list[Held]:
     return [
-        Held(
-            r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6] is not None, r[6], r[7],
-            bool(r[8]),
-        )
-        for r in rows
+        Held(epoch, job, kind, _units(held), granted, started, lent is not None, lent, rid,
+             bool(remote))  # fmt: skip
+        for epoch, job, kind, held, granted, started, lent, rid, remote in rows
     ]
 
 
@@ -99,7 +106,7 @@ def _estimates(rows) -> tuple[dict[tuple[int, str], float], dict[str, float]]:
 def _units_held(rows) -> dict[str, int]:
     used: dict[str, int] = {}
     for (held,) in rows:
-        for name, amount in json.loads(held).items():
+        for name, amount in _parsed_units(held):
             used[name] = used.get(name, 0) + amount
     return used
 
@@ -108,7 +115,7 @@ def _reserved(rows) -> dict[int, dict[str, int]]:
     out: dict[int, dict[str, int]] = {}
     for request_id, held in rows:
         units = out.setdefault(int(request_id), {})
-        for name, amount in json.loads(held).items():
+        for name, amount in _parsed_units(held):
             units[name] = units.get(name, 0) + amount
     return out
 
@@ -409,6 +416,13 @@ class StagesMixin(RegistryBase):
         """Suspended leases whose measurement has ended (its lease is no longer active),
         of jobs on ``host`` (None: the daemon's own; each host continues its own)."""
         return [dict(r) for r in self.conn.execute(SUSPENDED_SQL, (host or "",))]
+
+    def suspensions_on_host(self, host: str) -> tuple[list[dict[str, Any]], int]:
+        """An agent's suspended leases: those whose measurement has ended (to continue,
+        as ``suspended_leases``), and how many others still wait for theirs."""
+        rows = self.conn.execute(SUSPENSIONS_SQL, (host,)).fetchall()
+        ended = [dict(r) for r in rows if r["ended"]]
+        return [{k: v for k, v in r.items() if k != "ended"} for r in ended], len(rows) - len(ended)
 
     def wanted_suspensions(self, host: str) -> list[dict[str, Any]]:
         """The leases of ``host``'s jobs that the daemon asked its agent to suspend."""
