@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import pytest
 
 from simpletvm.pg import Row, postgres_ddl, translate
+from tvmsched.dispatch import Dispatcher
 from tvmsched.models import Resource, ResourceKind
 from tvmsched.paths import display, local_base, pid_file, redact, resolve_db
 from tvmsched.registry import MIGRATIONS, Registry, RegistryError
@@ -309,3 +310,45 @@ def test_events_and_heartbeats_are_stamped_with_the_databases_clock(pg_server, m
     assert stamps and all(abs(ts - server) < 30 for ts in stamps), (stamps, server)
     assert abs(registry.job(job_id)["submitted_at"] - server) < 30
     assert registry.stale_hosts(5.0) == []  # its heartbeat is fresh on the server's clock
+
+
+def test_heartbeats_never_wait_for_the_write_lock_and_never_renew_a_fenced_row(pg_server):
+    """A lease's and an agent's heartbeat is one statement outside the gate and the
+    write lock (``RegistryBase._touch``): it goes through while another write holds the
+    lock, and a lease released (or a host fenced) by that write is not renewed."""
+    url = pg_server.database()
+    daemon = Registry(url, priority=True)
+    daemon.replace_resources([Resource("cpu", ResourceKind.CPU, 2, False)])
+    job = daemon.submit("mock", {"mock": "rounds=1"})
+    attempt = daemon.claim_job(job)
+    daemon.request_stage(job, attempt, 0, "search", {"cpu": 1})
+    [grant] = Dispatcher(daemon, strategy="interleaved").dispatch()
+    daemon.register_host("box-a", pid=4242, started=1.0, max_jobs=1, resources=[], timeout=10)
+    runner = Registry(url)
+    beats: list[bool] = []
+
+    def beat():
+        beats.append(runner.heartbeat(grant.epoch))
+        beats.append(runner.host_heartbeat("box-a", 4242))
+
+    with daemon._write() as conn:  # the write lock is held while the beats are sent
+        conn.execute("SELECT 1").fetchone()
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        thread.join(10)
+        assert beats == [True, True], "a heartbeat waited for the write lock"
+    with daemon._write() as conn:  # a write that ends the lease, while a beat waits for it
+        conn.execute(
+            "UPDATE leases SET state = 'released' WHERE epoch = ? RETURNING epoch",
+            (grant.epoch,),
+        ).fetchone()
+        conn.execute(
+            "UPDATE hosts SET state = 'fenced' WHERE name = 'box-a' RETURNING name"
+        ).fetchone()
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        time.sleep(0.3)  # the beats wait for the rows' locks, then see the new rows
+    thread.join(10)
+    assert beats[2:] == [False, False]
+    daemon.close()
+    runner.close()

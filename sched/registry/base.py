@@ -166,6 +166,21 @@ class RegistryBase:
         """One write transaction: the store's (``SQLiteStore.write``, ``PostgresStore.write``)."""
         return self.store.write(conn or self.conn, gate=gate, priority=self.priority)
 
+    def _touch(self, sql: str, params: tuple[Any, ...], now: float | None = None) -> bool:
+        """A heartbeat: one UPDATE of one row, ``SET col = {now} ... RETURNING``, that
+        needs no other write's order. On PostgreSQL it is one statement on its own,
+        outside the gate and the write lock, stamped with the server's clock: the row's
+        lock orders it against a write of the same row, whose condition the server checks
+        again once that write commits, so a fenced lease or host is never renewed. Beats
+        then never queue behind runners' writes (64 runners in their stages beat 64 times
+        a second), and an agent's renewal is not delayed toward its T/2 self-fence. On
+        SQLite, or with ``now`` given, it is an ordinary write. Whether a row was renewed."""
+        if self.backend == "postgresql" and now is None:
+            return self.conn.execute(sql.format(now=self.store.NOW_SQL), params).fetchone() is not None
+        with self._write() as conn:
+            stamp = self._now(conn, now)  # stamped under the write lock
+            return conn.execute(sql.format(now="?"), (stamp, *params)).fetchone() is not None
+
     def _now(self, conn: Any, now: float | None) -> float:
         """``now`` if given (tests inject a clock), else the time at which this write
         transaction took the write lock: the database's clock on PostgreSQL, so every

@@ -74,14 +74,13 @@ class HostsMixin(RegistryBase):
 
     @retried
     def host_heartbeat(self, name: str, pid: int) -> bool:
-        """Renew the agent's heartbeat; False once it has been fenced (or replaced)."""
-        with self._write() as conn:
-            row = conn.execute(
-                f"UPDATE hosts SET heartbeat_at = {self.now_sql}"
-                " WHERE name = ? AND pid = ? AND state = 'up' RETURNING name",
-                (name, pid),
-            ).fetchone()
-            return row is not None
+        """Renew the agent's heartbeat (``_touch``); False once it has been fenced (or
+        replaced)."""
+        return self._touch(
+            "UPDATE hosts SET heartbeat_at = {now}"
+            " WHERE name = ? AND pid = ? AND state = 'up' RETURNING name",
+            (name, pid),
+        )
 
     def hosts(self) -> list[dict[str, Any]]:
         """Every agent's row, with ``age``: seconds since its last heartbeat (db clock)."""

@@ -540,14 +540,13 @@ class StagesMixin(RegistryBase):
 
     @retried
     def heartbeat(self, epoch: int, *, now: float | None = None) -> bool:
-        with self._write() as conn:
-            now = self._now(conn, now)  # stamped under the write lock
-            row = conn.execute(
-                "UPDATE leases SET heartbeat_at = ? WHERE epoch = ? AND state = 'active'"
-                " RETURNING epoch",
-                (now, epoch),
-            ).fetchone()
-            return row is not None
+        """Renew an active lease (``_touch``); False once it is no longer active."""
+        return self._touch(
+            "UPDATE leases SET heartbeat_at = {now} WHERE epoch = ? AND state = 'active'"
+            " RETURNING epoch",
+            (epoch,),
+            now,
+        )
 
     @retried
     def complete_stage(
