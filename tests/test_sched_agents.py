@@ -419,10 +419,12 @@ def test_an_agent_reads_the_registry_only_for_what_woke_it(pg_server, tmp_path, 
     agent = Agent(url, AgentConfig(name="box-a", resources=host_resources("box-a", ["cpu=1"])))
     agent.initialize()
     reads: list[str] = []
+
+    def counted(name, real):
+        return lambda *args, **kwargs: reads.append(name) or real(*args, **kwargs)
+
     for name in ("assigned_jobs", "suspend_on_host", "suspensions_on_host"):
-        real = getattr(agent.registry, name)
-        monkeypatch.setattr(agent.registry, name,
-                            lambda *a, _n=name, _r=real, **k: reads.append(_n) or _r(*a, **k))  # fmt: skip
+        monkeypatch.setattr(agent.registry, name, counted(name, getattr(agent.registry, name)))
     other = Registry(url)
 
     def woken_by(channel, payload) -> list[str]:

@@ -174,7 +174,8 @@ class RegistryBase:
         again once that write commits, so a fenced lease or host is never renewed. Beats
         then never queue behind runners' writes (64 runners in their stages beat 64 times
         a second), and an agent's renewal is not delayed toward its T/2 self-fence. On
-        SQLite, or with ``now`` given, it is an ordinary write. Whether a row was renewed."""
+        SQLite, or with ``now`` given, it is an ordinary write. Whether a row was
+        renewed."""
         if self.backend == "postgresql" and now is None:
             return self.conn.execute(sql.format(now=self.store.NOW_SQL), params).fetchone() is not None
         with self._write() as conn:
