@@ -177,7 +177,8 @@ class RegistryBase:
         SQLite, or with ``now`` given, it is an ordinary write. Whether a row was
         renewed."""
         if self.backend == "postgresql" and now is None:
-            return self.conn.execute(sql.format(now=self.store.NOW_SQL), params).fetchone() is not None
+            row = self.conn.execute(sql.format(now=self.store.NOW_SQL), params).fetchone()
+            return row is not None
         with self._write() as conn:
             stamp = self._now(conn, now)  # stamped under the write lock
             return conn.execute(sql.format(now="?"), (stamp, *params)).fetchone() is not None
