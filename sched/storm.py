@@ -74,10 +74,9 @@ class RacingRegistry(Registry):
         if fire is not None:
             fire()
 
-    def suspended_leases(self, **kwargs):
-        if not kwargs:  # the daemon's pass (an agent asks for its host's)
-            self._window("suspended_leases")
-        return super().suspended_leases(**kwargs)
+    def suspended_leases(self):
+        self._window("suspended_leases")  # the daemon's pass (agents: suspensions_on_host)
+        return super().suspended_leases()
 
     def resume_leases(self, *args, **kwargs):
         self._window("resume_leases")  # its runners are continued already
@@ -267,7 +266,7 @@ class Storm:
             self._fence_one()
         for host in self.hosts:  # each agent: suspend what it is asked, continue what ended
             self.registry.suspend_on_host(host, self._stop, now=self.now)
-            ended = self.registry.suspended_leases(host=host)
+            ended, _ = self.registry.suspensions_on_host(host)  # as Agent._preempt
             if ended:
                 self._cont(ended)
                 self.registry.resume_leases([row["epoch"] for row in ended], now=self.now)

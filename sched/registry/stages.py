@@ -49,17 +49,13 @@ ACTIVE_LEASES_SQL = (
     "SELECT epoch, job_id, kind, resources, granted_at, started_at, suspended_for,"
     " request_id, remote_suspend FROM leases WHERE state = 'active' ORDER BY epoch"
 )
-SUSPENDED_SQL = (  # of one host's jobs (its name, '' for the daemon's own)
-    "SELECT l.epoch, l.job_id, l.kind, l.holder_pid, l.holder_started FROM leases l"
+SUSPENDED_SQL = (  # of one host's jobs (its name, '' for the daemon's own): every
+    # suspended lease, and whether its measurement is over (then it may be continued)
+    "SELECT l.epoch, l.job_id, l.kind, l.holder_pid, l.holder_started,"
+    f" CASE WHEN {SUSPENDER_ACTIVE} THEN 0 ELSE 1 END FROM leases l"
     " JOIN jobs j ON j.id = l.job_id"
     " WHERE l.state = 'active' AND l.suspended_for IS NOT NULL"
-    f" AND NOT {SUSPENDER_ACTIVE} AND COALESCE(j.host, '') = ? ORDER BY l.epoch"
-)
-SUSPENSIONS_SQL = (  # of an agent's host: every suspended lease, and is its measurement over
-    "SELECT l.epoch, l.job_id, l.kind, l.holder_pid, l.holder_started,"
-    f" CASE WHEN {SUSPENDER_ACTIVE} THEN 0 ELSE 1 END AS ended FROM leases l"
-    " JOIN jobs j ON j.id = l.job_id"
-    " WHERE l.state = 'active' AND l.suspended_for IS NOT NULL AND j.host = ? ORDER BY l.epoch"
+    " AND COALESCE(j.host, '') = ? ORDER BY l.epoch"
 )
 ESTIMATES_SQL = "SELECT job_id, kind, count, seconds FROM stage_stats"
 # inside a grant, under the write lock: capacities, units held, units reserved by agents
@@ -101,6 +97,19 @@ def _estimates(rows) -> tuple[dict[tuple[int, str], float], dict[str, float]]:
         acc[0] += seconds
         acc[1] += count
     return per_job, {k: s / n for k, (s, n) in totals.items() if n}
+
+
+def _suspensions(rows) -> tuple[list[dict[str, Any]], int]:
+    """``SUSPENDED_SQL``'s rows: the leases whose measurement is over, and how many others
+    still wait for theirs."""
+    ended, waiting = [], 0
+    for epoch, job_id, kind, pid, started, over in rows:
+        if over:
+            ended.append({"epoch": epoch, "job_id": job_id, "kind": kind, "holder_pid": pid,
+                          "holder_started": started})  # fmt: skip
+        else:
+            waiting += 1
+    return ended, waiting
 
 
 def _units_held(rows) -> dict[str, int]:
@@ -412,17 +421,15 @@ class StagesMixin(RegistryBase):
             )
         return lent
 
-    def suspended_leases(self, *, host: str | None = None) -> list[dict[str, Any]]:
-        """Suspended leases whose measurement has ended (its lease is no longer active),
-        of jobs on ``host`` (None: the daemon's own; each host continues its own)."""
-        return [dict(r) for r in self.conn.execute(SUSPENDED_SQL, (host or "",))]
+    def suspended_leases(self) -> list[dict[str, Any]]:
+        """Suspended leases of the daemon's own host's jobs whose measurement has ended
+        (its lease is no longer active): the daemon continues them (agents: below)."""
+        return _suspensions(self.conn.execute(SUSPENDED_SQL, ("",)))[0]
 
     def suspensions_on_host(self, host: str) -> tuple[list[dict[str, Any]], int]:
-        """An agent's suspended leases: those whose measurement has ended (to continue,
-        as ``suspended_leases``), and how many others still wait for theirs."""
-        rows = self.conn.execute(SUSPENSIONS_SQL, (host,)).fetchall()
-        ended = [dict(r) for r in rows if r["ended"]]
-        return [{k: v for k, v in r.items() if k != "ended"} for r in ended], len(rows) - len(ended)
+        """An agent's suspended leases: those whose measurement has ended (to continue),
+        and how many others still wait for theirs."""
+        return _suspensions(self.conn.execute(SUSPENDED_SQL, (host,)))
 
     def wanted_suspensions(self, host: str) -> list[dict[str, Any]]:
         """The leases of ``host``'s jobs that the daemon asked its agent to suspend."""

@@ -25,6 +25,7 @@ from .stages import (
     _estimates,
     _held,
     _pending,
+    _suspensions,
 )
 
 SETTINGS_SQL = "SELECT key, value FROM settings"
@@ -73,7 +74,7 @@ class ViewMixin(RegistryBase):
             pending=_pending(pending),
             resources=_resources(resources),
             leases=_held(leases),
-            suspended=[dict(r) for r in suspended],
+            suspended=_suspensions(suspended)[0],
             host_load=_load(load),
             queued=jobs,
             estimates=_estimates(rest.pop(0)) if estimates else None,
