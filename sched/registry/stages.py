@@ -42,9 +42,13 @@ WANTED = (
 # lease the other conditions leave. Not a join: a registry's statistics are stale while
 # it is young (the server's autovacuum analyzes a table a minute after it changes at
 # the earliest), and on PostgreSQL a join of leases and jobs filtered on the host was
-# then planned from the jobs side, one scan of the active leases per job: 4.3 ms a
-# query with 360 jobs, every pass (sched_pass_cost.py --held 60), instead of 0.05 ms.
+# then planned from the jobs side, one scan of the active leases per job (figures in
+# docs/multihost.md, section 8).
 LEASE_HOST = "COALESCE((SELECT j.host FROM jobs j WHERE j.id = l.job_id), '')"
+WANTED_SQL = (  # of one agent's host: the leases the daemon asked it to suspend
+    "SELECT l.epoch, l.job_id, l.kind, l.resources, l.holder_pid, l.holder_started,"
+    f" l.suspend_wanted FROM leases l WHERE {WANTED} AND {LEASE_HOST} = ? ORDER BY l.epoch"
+)
 
 
 PENDING_SQL = (
@@ -439,13 +443,7 @@ class StagesMixin(RegistryBase):
 
     def wanted_suspensions(self, host: str) -> list[dict[str, Any]]:
         """The leases of ``host``'s jobs that the daemon asked its agent to suspend."""
-        rows = self.conn.execute(
-            "SELECT l.epoch, l.job_id, l.kind, l.resources, l.holder_pid, l.holder_started,"
-            f" l.suspend_wanted FROM leases l WHERE {WANTED} AND {LEASE_HOST} = ?"
-            " ORDER BY l.epoch",
-            (host,),
-        )
-        return [dict(r) for r in rows]
+        return [dict(r) for r in self.conn.execute(WANTED_SQL, (host,))]
 
     def suspend_on_host(
         self,
@@ -463,15 +461,7 @@ class StagesMixin(RegistryBase):
             return 0
         with self._write(gate=True) as conn:
             now = self._now(conn, now)  # stamped under the write lock
-            rows = [
-                dict(r)
-                for r in conn.execute(
-                    "SELECT l.epoch, l.job_id, l.kind, l.resources, l.holder_pid,"
-                    " l.holder_started, l.suspend_wanted FROM leases l"
-                    f" WHERE {WANTED} AND {LEASE_HOST} = ? ORDER BY l.epoch",
-                    (host,),
-                )
-            ]
+            rows = [dict(r) for r in conn.execute(WANTED_SQL, (host,))]
             if not rows:
                 return 0
             stopped = set(stop(rows))
