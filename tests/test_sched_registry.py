@@ -176,3 +176,31 @@ def test_parsed_units_are_fresh_dicts_a_caller_may_change():
     first = _units('{"cpu": 2, "dev": 1}')
     first["cpu"] = 99
     assert _units('{"cpu": 2, "dev": 1}') == {"cpu": 2, "dev": 1}
+
+
+def test_a_lease_changed_after_its_early_read_is_released_as_it_is_now(registry, monkeypatch):
+    """On PostgreSQL a stage's release reads its lease before the write lock and the
+    server checks it unchanged under the lock. A lease that changed in between (here
+    its paused seconds, as a suspension and resume leave them) is released as it is
+    now: the write is run again reading under the lock, and the stage's seconds leave
+    out the pause. Without the check the stale read would be written (3.0 s)."""
+    job_id, attempt = running_job(registry)
+    rid = registry.request_stage(job_id, attempt, 0, "measure", {"device": 1}, now=1.0)
+    [grant] = Dispatcher(registry).dispatch(2.0)
+    assert registry.poll_grant(rid)["epoch"] == grant.epoch
+    read_early = registry._lease_early
+
+    def stale(epoch):  # read, then the lease changes before the write takes the lock
+        row = read_early(epoch)
+        with registry._write() as conn:
+            conn.execute("UPDATE leases SET paused_s = 2.0 WHERE epoch = ?", (epoch,))
+        return row
+
+    monkeypatch.setattr(registry, "_lease_early", stale)
+    registry.complete_stage(grant.epoch, seconds=3.0, progress={}, now=5.0)
+    [row] = registry.conn.execute(
+        "SELECT seconds FROM stage_stats WHERE job_id = ? AND kind = 'measure'", (job_id,)
+    ).fetchall()
+    assert row[0] == pytest.approx(1.0)
+    kinds = [e["kind"] for e in registry.events(job_id=job_id)]
+    assert kinds == ["submit", "request", "grant", "start", "end", "release"]

@@ -190,6 +190,12 @@ class RegistryBase:
         (one host, one clock)."""
         return now if now is not None else self.store.clock(conn)
 
+    def _stamp(self, conn: Any, now: float | None) -> Any:
+        """What ``_now`` stamps, for a write that needs the time only as a statement's
+        parameter: on PostgreSQL the server puts the write lock's time in itself
+        (``postgres.SERVER_NOW``), so the body needs no round trip before its commit."""
+        return now if now is not None else self.store.stamp(conn)
+
     def daemon_elsewhere(self) -> int | None:
         """PostgreSQL: the pid of the daemon serving this registry from any host (the
         holder of the daemon lock; its pid as it recorded it), else None."""

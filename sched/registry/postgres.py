@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,39 @@ PG_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION"  # the server
 GATE_KEY = 0x5C4ED_0001
 WRITE_KEY = 0x5C4ED_0002
 DAEMON_KEY = 0x5C4ED_0003  # held by the serving daemon's session: one daemon per registry
-LOCK_AND_CLOCK = f"SELECT pg_advisory_xact_lock(?), {PG_NOW}"
+# The write lock, then the server's clock, kept for the rest of the transaction in a
+# setting of its own (``STAMP_SQL`` reads it), so a statement stamped with the lock's
+# time needs no value from the client. The subquery is evaluated first (OFFSET 0 keeps
+# the planner from folding it), so the clock is read once the lock is held.
+LOCK_AND_CLOCK = (
+    "SELECT set_config('sched.now', EXTRACT(EPOCH FROM clock_timestamp())::TEXT, true)"
+    "::DOUBLE PRECISION FROM (SELECT pg_advisory_xact_lock(?) OFFSET 0) AS locked"
+)
+STAMP_SQL = "current_setting('sched.now')::DOUBLE PRECISION"
+# ``EXPECT.format(cond)`` fails its transaction unless ``cond`` holds: the cast of the
+# marker text to an integer is the error (there is no RAISE outside PL/pgSQL), and a
+# write in pipeline mode sends the rest of its body without waiting for it (``Changed``)
+EXPECTED = "sched: a row this write read before its write lock has changed"
+EXPECT = f"SELECT CAST(CASE WHEN {{}} THEN '1' ELSE '{EXPECTED}' END AS INTEGER)"
 GATE_POLL_S = 0.0005  # the daemon's wait between tries for the gate (gate_ready)
 CONNECT_TIMEOUT_S = 10
 IDLE_IN_TRANSACTION_S = 5.0  # the server ends a session silent this long inside a write
+
+
+class _ServerNow:
+    """The write lock's time on the server (``STAMP_SQL``), as a statement's parameter."""
+
+    def __repr__(self) -> str:
+        return "SERVER_NOW"
+
+
+SERVER_NOW = _ServerNow()
+
+
+class Changed(Exception):
+    """A row that a write read before taking the write lock changed before the lock was
+    held (its ``EXPECT`` failed); nothing of the write was written, and the caller runs
+    it again reading under the lock."""
 
 
 class SessionLost(Exception):
@@ -90,7 +120,7 @@ class PgConnection:
             cursor, self._clock_cursor = self._clock_cursor, None
             if self.pipeline is not None:  # a Sync, not a flush: the server then counts
                 self.pipeline.sync()  # the client's silence (idle_in_transaction_...)
-            self._clock = float(cursor.fetchone()[1])
+            self._clock = float(cursor.fetchone()[0])
         return self._clock
 
     @property
@@ -103,7 +133,11 @@ class PgConnection:
         self.raw = self._opener()
 
     def execute(self, sql: str, params: Sequence[Any] = ()):
-        return self.raw.execute(translate(sql), tuple(params))
+        params = tuple(params)
+        if any(p is SERVER_NOW for p in params):  # the server's stamp, not a value sent
+            sql = _stamped(sql, tuple(p is SERVER_NOW for p in params))
+            params = tuple(p for p in params if p is not SERVER_NOW)
+        return self.raw.execute(translate(sql), params)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self.raw.cursor() as cur:
@@ -118,12 +152,22 @@ class PostgresStore:
 
     kind = "postgresql"
     READ_BEFORE_COMMIT = False  # the results of a write come back with its commit
+    # a read is a round trip: one made before the write lock (then checked under it
+    # with ``EXPECT``) keeps the lock from being held across it
+    READ_EARLY = True
     NOW_SQL = PG_NOW  # the server's clock
+    EXPECT = EXPECT
 
     @staticmethod
     def clock(conn: PgConnection) -> float:
         """The server's time when this write transaction took the write lock."""
         return conn.clock
+
+    @staticmethod
+    def stamp(conn: PgConnection) -> Any:
+        """What a write stamps with the write lock's time without asking the server for
+        it (``SERVER_NOW``): the body then needs no round trip before its commit."""
+        return SERVER_NOW
 
     @staticmethod
     def read_clock(conn: PgConnection) -> float:
@@ -279,9 +323,18 @@ class PostgresStore:
                 # is read with the body's first one (``PgConnection.clock``)
                 conn._clock_cursor = conn.execute(LOCK_AND_CLOCK, (WRITE_KEY,))
                 yield conn
-                conn.clock  # noqa: B018 - a body that read nothing: the lock's error, if any
+                # a body that read nothing (``SERVER_NOW`` stamps) goes to the server
+                # with its lock and its commit in one round trip: the write lock is held
+                # only while the server runs it. An error of any statement (the lock's
+                # timeout, an ``EXPECT``) skips the rest, the commit included
                 committing = True
                 conn.execute("COMMIT")
+        except _psycopg().errors.InvalidTextRepresentation as exc:
+            if not conn.closed and conn.raw.info.transaction_status != _idle():
+                conn.execute("ROLLBACK")
+            if EXPECTED in str(exc):
+                raise Changed(reason(exc)) from None
+            raise
         except _psycopg().OperationalError as exc:
             if not conn.closed:
                 if conn.raw.info.transaction_status != _idle():
@@ -403,6 +456,20 @@ class PostgresStore:
             ender = "pg_terminate_backend" if granted else "pg_cancel_backend"
             conn.execute(f"SELECT {ender}(?)", (pid,)).fetchone()
         return len(rows)
+
+
+@lru_cache(maxsize=256)
+def _stamped(sql: str, server: tuple[bool, ...]) -> str:
+    """``sql`` with each ``?`` whose parameter is ``SERVER_NOW`` replaced by
+    ``STAMP_SQL`` (the registry's statements have no literal ``?``)."""
+    parts = sql.split("?")
+    if len(parts) != len(server) + 1:
+        raise ValueError(f"{len(server)} parameters for {len(parts) - 1} placeholders: {sql}")
+    out = [parts[0]]
+    for is_server, part in zip(server, parts[1:]):
+        out.append(STAMP_SQL if is_server else "?")
+        out.append(part)
+    return "".join(out)
 
 
 def _idle():

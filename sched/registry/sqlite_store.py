@@ -32,6 +32,7 @@ class SQLiteStore:
 
     kind = "sqlite"
     READ_BEFORE_COMMIT = True  # a write statement not read to its end stops the commit
+    READ_EARLY = False  # a read costs no round trip: a write reads under its lock
     NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"  # one host: its clock
 
     def __init__(self, path: Path, *, timeout: float) -> None:
@@ -171,6 +172,11 @@ class SQLiteStore:
     @staticmethod
     def clock(conn: sqlite3.Connection) -> float:
         """The time stamped on a write: this process's clock (one host)."""
+        return time.time()
+
+    @staticmethod
+    def stamp(conn: sqlite3.Connection) -> float:
+        """The time a write stamps (``PostgresStore.stamp``'s twin): this process's clock."""
         return time.time()
 
     @staticmethod

@@ -15,6 +15,7 @@ from ..models import (
     RequestState,
 )
 from .base import Connection, RegistryBase, _dumps, _parsed_units, _units, retried
+from .postgres import Changed
 
 WAKE_CHANNEL = "sched_wake"  # PostgreSQL: a runner asked for a stage or finished one
 GRANT_CHANNEL = "sched_grant"  # PostgreSQL: stages were granted (payload: job ids)
@@ -66,6 +67,18 @@ SUSPENDED_SQL = (  # of one host's jobs (its name, '' for the daemon's own): eve
     f" CASE WHEN {SUSPENDER_ACTIVE} THEN 0 ELSE 1 END FROM leases l"
     " WHERE l.state = 'active' AND l.suspended_for IS NOT NULL"
     f" AND {LEASE_HOST} = ? ORDER BY l.epoch"
+)
+LEASE_DONE_SQL = (  # an active lease, as its release reads it (_release_done)
+    "SELECT l.job_id, l.kind, l.resources, l.request_id, l.started_at, l.paused_s,"
+    " l.suspended_at, j.attempt, l.suspended_for"
+    " FROM leases l JOIN jobs j ON j.id = l.job_id"
+    " WHERE l.epoch = ? AND l.state = 'active'"
+)
+LEASE_UNCHANGED = (  # ... and as it was read before the write lock (not suspended)
+    "EXISTS (SELECT 1 FROM leases l WHERE l.epoch = ? AND l.state = 'active'"
+    " AND l.suspended_at IS NULL AND l.suspended_for IS NULL AND l.paused_s = ?"
+    " AND (l.started_at IS NULL) = ?"
+    " AND (SELECT j.attempt FROM jobs j WHERE j.id = l.job_id) = ?)"
 )
 ESTIMATES_SQL = "SELECT job_id, kind, count, seconds FROM stage_stats"
 # inside a grant, under the write lock: capacities, units held, units reserved by agents
@@ -197,7 +210,7 @@ class StagesMixin(RegistryBase):
         now: float | None = None,
     ) -> int:
         with self._write() as conn:
-            now = self._now(conn, now)  # stamped under the write lock
+            now = self._stamp(conn, now)  # stamped under the write lock, by the server
             requested = self._insert_request(
                 conn, job_id, attempt, stage_index, kind, needs, info or {}, now
             )
@@ -207,8 +220,10 @@ class StagesMixin(RegistryBase):
         return _pending(self.conn.execute(PENDING_SQL))
 
     def poll_grant(self, request_id: int) -> dict[str, Any] | None:
-        row = self.conn.execute(
-            "SELECT r.state, l.epoch, l.resources FROM requests r"
+        row = self.conn.execute(  # and whether any remote device exists at all: if not,
+            # the grant's RPC address needs no second query
+            "SELECT r.state, l.epoch, l.resources,"
+            " EXISTS (SELECT 1 FROM resources d WHERE d.rpc IS NOT NULL) FROM requests r"
             " LEFT JOIN leases l ON l.epoch = r.epoch WHERE r.id = ?",
             (request_id,),
         ).fetchone()
@@ -217,7 +232,7 @@ class StagesMixin(RegistryBase):
         if row[0] == RequestState.PENDING.value:
             return None
         grant = {"epoch": int(row[1]), "resources": json.loads(row[2])}
-        rpc = self.rpc_of(list(grant["resources"]))
+        rpc = self.rpc_of(list(grant["resources"])) if row[3] else None
         if rpc is not None:  # a remote device: the stage measures on exactly that server
             grant["rpc"] = rpc
         return grant
@@ -569,11 +584,35 @@ class StagesMixin(RegistryBase):
         A job that may no longer ask for stages (its cancel was asked) has the stage it ran
         recorded, and its next request refused: ``Fenced``, once the write has committed.
         """
+        early = self._lease_early(epoch)
+        try:
+            return self._complete(epoch, seconds, progress, next_stage, started_at, now, early)
+        except Changed:  # it changed before the write lock was held: read it under the lock
+            return self._complete(epoch, seconds, progress, next_stage, started_at, now, None)
+
+    def _lease_early(self, epoch: int) -> Any:
+        """On PostgreSQL (``READ_EARLY``), the active lease ``epoch`` as ``_release_done``
+        reads it, read before the write: its write then checks it unchanged under the
+        lock and holds the lock for no round trip. None on SQLite, or if the lease is
+        suspended (its release needs the lock's clock); Fenced if it is not active (a
+        lease once released or revoked is never active again)."""
+        if not self.store.READ_EARLY:
+            return None
+        row = self.conn.execute(LEASE_DONE_SQL, (epoch,)).fetchone()
+        if row is None:
+            raise Fenced(f"lease {epoch} is no longer active")
+        if row[6] is not None or row[8] is not None:
+            return None
+        return tuple(row)
+
+    def _complete(
+        self, epoch, seconds, progress, next_stage, started_at, now, early
+    ) -> int | None:
+        """``complete_stage``'s write; ``early``: the lease as read before it, or None."""
         with self._write() as conn:
-            job_id, kind, resources, paused, attempt = self._release_done(
-                conn, epoch, started_at, now
+            job_id, kind, resources, paused, attempt, now = self._release_done(
+                conn, epoch, started_at, now, early
             )
-            now = self._now(conn, now)  # the write lock's clock, read with the lease
             seconds = max(0.0, seconds - paused)  # time spent suspended is not the stage's
             self._record_stage(conn, job_id, kind, epoch, resources, seconds, progress, now)
             if next_stage is None:
@@ -585,21 +624,30 @@ class StagesMixin(RegistryBase):
         return requested()
 
     def _release_done(
-        self, conn: Connection, epoch: int, started_at: float | None, now: float | None
-    ) -> tuple[int, str, dict[str, int], float, int]:
+        self,
+        conn: Connection,
+        epoch: int,
+        started_at: float | None,
+        now: float | None,
+        early: Any = None,
+    ) -> tuple[int, str, dict[str, int], float, int, Any]:
         """Release an active lease whose stage ran (Fenced if it is not active) and mark
-        its request done; returns its job, stage kind, resources, seconds paused and the
-        job's attempt. Called first in its write: ``now`` None stamps it with the write
-        lock's clock, read in the same round trip as the lease."""
-        found = conn.execute(
-            "SELECT l.job_id, l.kind, l.resources, l.request_id, l.started_at, l.paused_s,"
-            " l.suspended_at, j.attempt, l.suspended_for"
-            " FROM leases l JOIN jobs j ON j.id = l.job_id"
-            " WHERE l.epoch = ? AND l.state = 'active'",
-            (epoch,),
-        )
-        now = self._now(conn, now)  # stamped under the write lock
-        row = found.fetchone()
+        its request done; returns its job, stage kind, resources, seconds paused, the
+        job's attempt and the write's stamp. Called first in its write: ``now`` None
+        stamps it with the write lock's clock, read in the same round trip as the lease;
+        with ``early`` (the lease read before the write, ``_lease_early``) nothing is
+        read: the server checks the lease unchanged (``EXPECT``) and stamps the time."""
+        if early is None:
+            found = conn.execute(LEASE_DONE_SQL, (epoch,))
+            now = self._now(conn, now)  # stamped under the write lock
+            row = found.fetchone()
+        else:
+            row = early
+            conn.execute(
+                self.store.EXPECT.format(LEASE_UNCHANGED),
+                (epoch, row[5], row[4] is None, row[7]),
+            )
+            now = self._stamp(conn, now)
         if row is None:
             raise Fenced(f"lease {epoch} is no longer active")
         job_id, kind, resources, request_id, recorded_start, paused, since, attempt = row[:8]
@@ -625,7 +673,7 @@ class StagesMixin(RegistryBase):
                 f"UPDATE resources SET failures = 0 WHERE name IN ({marks}) AND failures > 0",
                 list(resources),
             )
-        return job_id, kind, resources, paused, attempt
+        return job_id, kind, resources, paused, attempt, now
 
     def _record_stage(
         self, conn: Connection, job_id: int, kind: str, epoch: int,
