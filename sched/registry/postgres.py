@@ -21,7 +21,10 @@ extra) is imported only then. What differs from SQLite, and how it is kept equiv
   (``unblock``): once it has stopped runners, and again on each housekeeping pass while
   any stays suspended, it cancels their queued gate waits and ends the session of one
   that holds the gate. The resumed runner sees the error and asks for the gate again;
-- a transaction runs in pipeline mode (see ``write``);
+- a transaction runs in pipeline mode (see ``write``), and the write lock's time stays
+  on the server (``SERVER_NOW``), so a body that reads nothing (what it relies on read
+  before the lock and checked under it, ``EXPECT``) costs one round trip with its lock
+  and commit;
 - a lock wait is bounded by ``lock_timeout`` (the busy timeout's twin).
 """
 
