@@ -159,7 +159,6 @@ class PostgresStore:
     # with ``EXPECT``) keeps the lock from being held across it
     READ_EARLY = True
     NOW_SQL = PG_NOW  # the server's clock
-    EXPECT = EXPECT
 
     @staticmethod
     def clock(conn: PgConnection) -> float:

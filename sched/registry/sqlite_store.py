@@ -174,10 +174,7 @@ class SQLiteStore:
         """The time stamped on a write: this process's clock (one host)."""
         return time.time()
 
-    @staticmethod
-    def stamp(conn: sqlite3.Connection) -> float:
-        """The time a write stamps (``PostgresStore.stamp``'s twin): this process's clock."""
-        return time.time()
+    stamp = clock  # what a write stamps (``PostgresStore.stamp``'s twin): the same clock
 
     @staticmethod
     def read_clock(conn: sqlite3.Connection) -> float:

@@ -15,7 +15,7 @@ from ..models import (
     RequestState,
 )
 from .base import Connection, RegistryBase, _dumps, _parsed_units, _units, retried
-from .postgres import Changed
+from .postgres import EXPECT, Changed
 
 WAKE_CHANNEL = "sched_wake"  # PostgreSQL: a runner asked for a stage or finished one
 GRANT_CHANNEL = "sched_grant"  # PostgreSQL: stages were granted (payload: job ids)
@@ -644,7 +644,7 @@ class StagesMixin(RegistryBase):
         else:
             row = early
             conn.execute(
-                self.store.EXPECT.format(LEASE_UNCHANGED),
+                EXPECT.format(LEASE_UNCHANGED),  # only with READ_EARLY: PostgreSQL
                 (epoch, row[5], row[4] is None, row[7]),
             )
             now = self._stamp(conn, now)
